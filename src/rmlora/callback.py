@@ -1,0 +1,54 @@
+"""RMLoraCallback: RM-LoRA for any Trainer subclass (TRL's SFTTrainer, DPOTrainer, custom ones).
+
+A callback cannot change the loss, so the penalty enters as its closed-form gradient
+(penalty.add_penalty_gradient), added to the LoRA gradients in `on_pre_optimizer_step`, i.e. after
+the Trainer clipped the gradients. Compared with RMLoraTrainer:
+
+- the penalty's gradient is not clipped (RMLoraTrainer clips task + penalty gradient together), so
+  the two paths give the same update only when clipping is off (`max_grad_norm=0`) or not active;
+- masking always happens after clipping (`mask_before_clipping` cannot be honoured here);
+- with fp16 and a grad scaler, gradients are still scaled at that point unless clipping unscaled
+  them: use `max_grad_norm > 0` with fp16, or RMLoraTrainer;
+- the penalty value is not in the logged loss.
+"""
+
+from __future__ import annotations
+
+from transformers import TrainerCallback
+
+from .config import RMLoraConfig
+from .rm_lora import RMLora
+from .saving import write_rmlora_state
+
+
+class RMLoraCallback(TrainerCallback):
+    """`trainer.add_callback(RMLoraCallback(RMLoraConfig(...)))`, or `callbacks=[...]` at construction."""
+
+    def __init__(self, config: RMLoraConfig | None = None):
+        self.config = config if config is not None else RMLoraConfig()
+        self.rmlora: RMLora | None = None
+
+    def _attach(self, model) -> RMLora:
+        if self.rmlora is None or self.rmlora.model is not model:
+            self.rmlora = RMLora(model, self.config)
+        return self.rmlora
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._attach(model)
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        rm = self._attach(model)
+        rm.add_penalty_gradient()
+        rm.before_optimizer_step(optimizer, state.global_step)
+
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        if self.rmlora is not None:
+            self.rmlora.after_optimizer_step(optimizer, state.global_step)
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.rmlora is not None and args.should_save:
+            import os
+
+            folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            if os.path.isdir(folder):
+                write_rmlora_state(folder, self.rmlora)

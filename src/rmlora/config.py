@@ -1,0 +1,177 @@
+"""RM-LoRA settings: one dataclass, validated on construction.
+
+The defaults follow the paper's text (Eq. 10 and Algorithm 1). `RMLoraConfig.released_code()` gives the
+behaviour of the authors' released GLUE code instead (REFERENCE.md §2). The two differ in:
+
+| field                | paper (default)                 | released code                        |
+|----------------------|---------------------------------|--------------------------------------|
+| reg_form             | "squared" ‖AAᵀ−I‖²_F (Eq. 10)   | "frobenius" ‖AAᵀ−I‖_F (non-squared)  |
+| reg_reduction        | "sum" over all pairs            | "mean" over all A and B matrices     |
+| reg_weight           | 0.1 (the paper gives none)      | 0.1 (`reg_orth_coef`)                |
+| mask_sampling        | "shared" (Algorithm 1)          | "independent" ("v2", GLUE script)    |
+| mask_mode            | "strict" (only R_t is updated)  | "grad" (`.grad *= mask`, AdamW still |
+|                      |                                 |  moves masked rows)                  |
+| mask_first_step      | True (every step is masked)     | False (global step 0 unmasked)       |
+| mask_before_clipping | True (clip the masked gradient) | False (clip norm of unmasked grads)  |
+
+The released code's defect of freezing every non-LoRA parameter (the classifier head) is not reproduced
+by either setting: only LoRA matrices are ever masked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Union
+
+from .errors import ConfigError
+
+LORA_METHODS = ("lora", "r-lora", "gm-lora", "rm-lora")
+BASELINE_METHODS = ("full", "adalora", "sora")
+METHODS = ("full", "lora", "adalora", "sora", "r-lora", "gm-lora", "rm-lora")  # the paper's order
+REG_FORMS = ("squared", "frobenius")
+REG_REDUCTIONS = ("sum", "mean")
+MASK_SAMPLINGS = ("shared", "independent")
+MASK_MODES = ("grad", "strict")
+
+# methods whose loss carries the orthogonality penalty / whose updates are masked
+PENALIZED = ("r-lora", "rm-lora")
+MASKED = ("gm-lora", "rm-lora")
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"unknown {name} {value!r}: choose one of {', '.join(allowed)}")
+
+
+@dataclass
+class RMLoraConfig:
+    """How RM-LoRA (or one of its ablations) trains the LoRA matrices of a PEFT model."""
+
+    method: str = field(
+        default="rm-lora",
+        metadata={
+            "help": "rm-lora (penalty and masking), r-lora (penalty only), gm-lora (masking only), lora (neither); "
+            "baselines: full (full fine-tuning), adalora (PEFT AdaLoRA), sora (gated sparse LoRA)."
+        },
+    )
+    r_hat: Union[int, float] = field(
+        default=0.5,
+        metadata={
+            "help": "Directions updated per step: an int r̂ (1 ≤ r̂ ≤ R of every module), or a float in (0, 1] "
+            "meaning that fraction of each module's R, rounded, at least 1."
+        },
+    )
+    reg_weight: float = field(default=0.1, metadata={"help": "λ, the weight of the penalty in the loss (≥ 0)."})
+    reg_form: str = field(
+        default="squared",
+        metadata={"help": "squared: ‖AAᵀ−I‖²_F + ‖BᵀB−I‖²_F (Eq. 10); frobenius: the released code's non-squared norms."},
+    )
+    reg_reduction: str = field(
+        default="sum",
+        metadata={"help": "sum over all LoRA pairs (Eq. 10), or mean over all A and B matrices (released code)."},
+    )
+    mask_sampling: str = field(
+        default="shared",
+        metadata={
+            "help": "shared: the same directions for A's rows and B's columns (Algorithm 1); independent: drawn "
+            "separately (released code 'v2')."
+        },
+    )
+    mask_mode: str = field(
+        default="strict",
+        metadata={
+            "help": "grad: zero the unselected gradients (Algorithm 1 / released code; AdamW momentum and weight "
+            "decay still move them); strict: unselected rows/columns keep weights and optimizer state unchanged."
+        },
+    )
+    mask_first_step: bool = field(
+        default=True, metadata={"help": "Mask the first optimizer step too (the released code does not)."}
+    )
+    mask_before_clipping: bool = field(
+        default=True,
+        metadata={"help": "Mask before gradient clipping, so the clip norm is that of the masked gradient."},
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the direction draws: directions(step) is a pure function of (seed, step, module)."})
+
+    def __post_init__(self) -> None:
+        _choice("method", self.method, METHODS)
+        _choice("reg_form", self.reg_form, REG_FORMS)
+        _choice("reg_reduction", self.reg_reduction, REG_REDUCTIONS)
+        _choice("mask_sampling", self.mask_sampling, MASK_SAMPLINGS)
+        _choice("mask_mode", self.mask_mode, MASK_MODES)
+        if isinstance(self.r_hat, bool) or not isinstance(self.r_hat, (int, float)):
+            raise ConfigError(f"r_hat must be an int ≥ 1 or a float in (0, 1], got {self.r_hat!r}")
+        if isinstance(self.r_hat, float):
+            if not (0.0 < self.r_hat <= 1.0) or math.isnan(self.r_hat):
+                raise ConfigError(
+                    f"fractional r_hat must lie in (0, 1], got {self.r_hat}: pass an int for a fixed number of directions"
+                )
+        elif self.r_hat < 1:
+            raise ConfigError(f"r_hat must be at least 1, got {self.r_hat}")
+        if not isinstance(self.reg_weight, (int, float)) or self.reg_weight < 0 or math.isnan(self.reg_weight):
+            raise ConfigError(f"reg_weight must be ≥ 0, got {self.reg_weight!r}")
+        self.reg_weight = float(self.reg_weight)
+        self.seed = int(self.seed)
+
+    # -- what the method switches on ---------------------------------------------------------------
+    @property
+    def is_lora_variant(self) -> bool:
+        """lora, r-lora, gm-lora or rm-lora: a plain PEFT LoRA model trained by RMLora."""
+        return self.method in LORA_METHODS
+
+    @property
+    def uses_penalty(self) -> bool:
+        return self.method in PENALIZED and self.reg_weight > 0
+
+    @property
+    def uses_masking(self) -> bool:
+        return self.method in MASKED
+
+    def r_hat_for(self, rank: int, module: str = "") -> int:
+        """r̂ for a module of LoRA rank `rank`; raises if an int r̂ exceeds it."""
+        if isinstance(self.r_hat, float):
+            return max(1, min(rank, int(round(self.r_hat * rank))))
+        if self.r_hat > rank:
+            where = f" of module {module}" if module else ""
+            raise ConfigError(f"r_hat={self.r_hat} exceeds the LoRA rank R={rank}{where}: use r_hat ≤ {rank} or a fraction")
+        return int(self.r_hat)
+
+    # -- presets ------------------------------------------------------------------------------------
+    @classmethod
+    def paper(cls, **overrides) -> "RMLoraConfig":
+        """The paper's text: Eq. 10 summed, Algorithm 1's shared directions, every step masked (the defaults)."""
+        return cls(**overrides)
+
+    @classmethod
+    def released_code(cls, **overrides) -> "RMLoraConfig":
+        """The authors' released GLUE code (REFERENCE.md §2), minus its head-freezing defect."""
+        values = dict(
+            reg_form="frobenius",
+            reg_reduction="mean",
+            reg_weight=0.1,
+            mask_sampling="independent",
+            mask_mode="grad",
+            mask_first_step=False,
+            mask_before_clipping=False,
+            r_hat=0.5,
+        )
+        values.update(overrides)
+        return cls(**values)
+
+    # -- (de)serialisation ----------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "RMLoraConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ConfigError(f"unknown RMLoraConfig fields {sorted(unknown)}; known fields: {sorted(known)}")
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
