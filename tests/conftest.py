@@ -76,7 +76,8 @@ def peft_bert(r: int = 4, seed: int = 0, target_modules=("query", "value"), rank
     from peft import LoraConfig, get_peft_model
 
     model = tiny_bert(seed=seed)
-    cfg = LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(target_modules), modules_to_save=["classifier"],
+    kw.setdefault("lora_alpha", 2 * r)
+    cfg = LoraConfig(r=r, target_modules=list(target_modules), modules_to_save=["classifier"],
                      rank_pattern=rank_pattern or {}, **kw)
     model = get_peft_model(model, cfg)
     if init_b_random:
