@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import peft_bert, tiny_gpt2
+from conftest import peft_bert, tiny_bert, tiny_gpt2
 
 from rmlora import AdapterError, diagnose, diagnose_adapter, diagnose_model
 from rmlora.cli.main import main as cli
@@ -114,3 +114,30 @@ def test_bad_adapter_dirs(tmp_path, capsys):
     assert cli(["inspect", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "error" in err and "Traceback" not in err
+
+
+def test_sora_gated_model_diagnostics_fold_the_gate(tmp_path):
+    """A live SoRA model's ΔW is scaling·B·diag(g)·A: it must equal the exported (folded, pruned) adapter's."""
+    from conftest import randomize_lora_b
+
+    from rmlora import RMLoraConfig
+    from rmlora.methods import LoraArguments, build_training_method, prepare_model
+    from rmlora.sora import SoraArguments
+
+    cfg = RMLoraConfig(method="sora")
+    settings = {"sora": SoraArguments(), "total_steps": 1, "learning_rate": 1e-3}
+    model = prepare_model(tiny_bert(), cfg, LoraArguments(lora_r=4, target_modules="query,value"), task_type="SEQ_CLS", **settings)
+    randomize_lora_b(model)
+    method = build_training_method(model, cfg, **settings)
+    with torch.no_grad():
+        for g in method.gates:
+            g.gate[1] = 0.0  # one pruned direction per module
+    live = diagnose_model(model)
+    method.export(str(tmp_path))
+    exported = diagnose_adapter(str(tmp_path))
+    strip = lambda name: name.replace("base_model.model.", "")
+    by_name = {strip(m.module): m for m in exported.modules}
+    for m in live.modules:
+        e = by_name[strip(m.module)]
+        assert e.lora_rank == 3 and m.rank == 3
+        np.testing.assert_allclose(m.singular_values[:3], e.singular_values, rtol=1e-5)

@@ -6,7 +6,7 @@ from .diagnostics import Diagnostics, diagnose, diagnose_adapter, diagnose_model
 from .errors import AdapterError, ConfigError, DataError, NoLoraPairsError, RMLoraError
 from .pairs import LoraPair, find_lora_pairs
 from .rm_lora import RMLora
-from .saving import read_adapter, save_adapter
+from .saving import load_adapter, read_adapter, save_adapter
 from .trainer import RMLoraTrainer
 
 __version__ = "0.1.0"
@@ -23,6 +23,7 @@ __all__ = [
     "find_lora_pairs",
     "LoraPair",
     "read_adapter",
+    "load_adapter",
     "save_adapter",
     "RMLoraError",
     "ConfigError",

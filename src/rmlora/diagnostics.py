@@ -146,7 +146,7 @@ def diagnose_model(model, rtol: float | None = None) -> Diagnostics:
     """Diagnostics of every LoRA pair of the active adapter of a PEFT model."""
     from .pairs import find_lora_pairs
 
-    return Diagnostics([module_diagnostics(p.name, p.A, p.B, p.scaling, rtol) for p in find_lora_pairs(model)])
+    return Diagnostics([module_diagnostics(p.name, p.A, p.effective_b(), p.scaling, rtol) for p in find_lora_pairs(model)])
 
 
 def _pattern_value(patterns: dict, module: str, default):

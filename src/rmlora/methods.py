@@ -12,6 +12,10 @@ LoRA variants, PEFT AdaLoRA, SoRA's gated LoRA, or the model itself for full fin
     param_counts()                          -> {"trainable": T, "inference": I} ("# T / I params")
     export(output_dir)                      -> the final adapter (or model) in a format vanilla PEFT loads
     state_dict() / load_state_dict()        -> what a checkpoint must carry
+
+Optional: `uses_penalty` (whether penalty() is nonzero; default config.uses_penalty), `set_total_steps(n)`
+(the run's optimizer steps, called by RMLoraTrainer at train begin), `export_on_save` (Trainer.save_model
+writes export() instead of the raw model). How each method counts "# T / I": rmlora.param_counts.
 """
 
 from __future__ import annotations
@@ -115,8 +119,10 @@ class FullFineTuning:
         return []
 
     def param_counts(self) -> dict[str, int]:
-        n = count_trainable(self.model)
-        return {"trainable": n, "inference": n}
+        """T: every trainable parameter; I: every parameter of the model (Table 1's 184M / 184M)."""
+        from .param_counts import total_count, trainable_count
+
+        return {"trainable": trainable_count(self.model), "inference": total_count(self.model)}
 
     def export(self, output_dir: str) -> None:
         self.model.save_pretrained(output_dir, safe_serialization=True)
@@ -126,6 +132,37 @@ class FullFineTuning:
 
     def load_state_dict(self, state: dict) -> None:
         self.config = RMLoraConfig.from_dict(state["config"])
+
+
+def linear_layer_names(model: nn.Module) -> list[str]:
+    """Distinct last names of the layers LoRA can adapt (Linear, Conv1D, Conv2d, Embedding)."""
+    kinds = (nn.Linear, nn.Conv2d, nn.Embedding)
+    names = []
+    for name, module in model.named_modules():
+        if name and (isinstance(module, kinds) or type(module).__name__ == "Conv1D"):
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf not in names:
+                names.append(leaf)
+    return names
+
+
+class targets_checked:
+    """Turn PEFT's "target modules not found" error into a one-line ConfigError that lists the choices."""
+
+    def __init__(self, model: nn.Module, lora: LoraArguments):
+        self.model, self.lora = model, lora
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is not None and isinstance(exc, ValueError) and "target" in str(exc).lower():
+            choices = ", ".join(linear_layer_names(self.model)[:20])
+            raise ConfigError(
+                f"target_modules {self.lora.target_modules!r} match no layer of this model: choose among {choices} "
+                "(comma-separated), or 'all-linear'"
+            ) from None
+        return False
 
 
 def prepare_model(base_model: nn.Module, config: RMLoraConfig, lora: LoraArguments | None = None, task_type=None, **settings) -> nn.Module:
@@ -138,7 +175,8 @@ def prepare_model(base_model: nn.Module, config: RMLoraConfig, lora: LoraArgumen
     if config.is_lora_variant:
         from peft import get_peft_model
 
-        return get_peft_model(base_model, lora.lora_config(task_type=task_type))
+        with targets_checked(base_model, lora):
+            return get_peft_model(base_model, lora.lora_config(task_type=task_type))
     if config.method == "adalora":
         from .adalora import prepare_adalora_model
 

@@ -26,6 +26,12 @@ class LoraPair:
     rank: int
     scaling: float
     fan_in_fan_out: bool = False
+    gate: torch.Tensor | None = None  # SoRA's g between A and B (rmlora.sora), else None
+
+    def effective_b(self) -> torch.Tensor:
+        """B, or B·diag(g) for a SoRA-gated pair: ΔW = scaling · effective_b · A."""
+        b = self.b_matrix()
+        return b if self.gate is None else b * self.gate.reshape(1, -1).to(b.dtype)
 
     @property
     def d_in(self) -> int:
@@ -43,7 +49,7 @@ class LoraPair:
 
     def delta_weight(self) -> torch.Tensor:
         """ΔW = scaling · B A as a d_out x d_in matrix (dense; for tests and small modules)."""
-        return self.scaling * (self.b_matrix().float() @ self.a_matrix().float())
+        return self.scaling * (self.effective_b().float() @ self.a_matrix().float())
 
 
 @dataclass(eq=False)
@@ -100,6 +106,8 @@ def find_lora_pairs(model: nn.Module, require_grad: bool = False) -> list[LoraPa
                 continue
             if require_grad and not (A.requires_grad or B.requires_grad):
                 continue
+            gates = getattr(module, "sora_gate", None)
+            gate = gates[adapter] if gates is not None and adapter in gates else None
             pairs.append(
                 LoraPair(
                     name=name if len(module.active_adapters) == 1 else f"{name}[{adapter}]",
@@ -108,6 +116,7 @@ def find_lora_pairs(model: nn.Module, require_grad: bool = False) -> list[LoraPa
                     rank=int(A.shape[0]),
                     scaling=float(module.scaling[adapter]),
                     fan_in_fan_out=bool(getattr(module, "fan_in_fan_out", False)),
+                    gate=gate,
                 )
             )
     return pairs

@@ -19,7 +19,7 @@ from torch import nn
 from .config import RMLoraConfig
 from .directions import STREAM_A, STREAM_B, direction_mask, module_key, select_directions
 from .errors import ConfigError
-from .masking import Snapshot, expand_masks, mask_gradients, restore_snapshot, take_snapshot
+from .masking import GroupSnapshot, mask_stacked_gradients, restore_group_snapshot, stacked_masks, take_group_snapshot
 from .pairs import LoraPair, PairGroup, group_pairs, require_lora_pairs
 from .penalty import add_penalty_gradient, orthogonality_penalty
 
@@ -53,8 +53,17 @@ class RMLora:
             torch.tensor([module_key(p.name) for p in g.pairs], dtype=torch.int64, device=g.pairs[0].A.device)
             for g in self.groups
         ]
+        # Groups sharing (R, r̂, dtype, device) draw their directions in one call: a row's draw depends only
+        # on its module's key, so drawing them together changes no direction, only the number of kernels.
+        buckets: dict[tuple, list[int]] = {}
+        for gi, g in enumerate(self.groups):
+            key = (g.rank, self._r_hat[gi], g.pairs[0].A.dtype, g.pairs[0].A.device)
+            buckets.setdefault(key, []).append(gi)
+        self._buckets = [(gis, torch.cat([self._keys[gi] for gi in gis])) for gis in buckets.values()]
         self._prepared_step: int | None = None
-        self._snapshots: list[Snapshot] = []
+        self._snapshots: list[GroupSnapshot] = []
+        # DeepSpeed ZeRO-3 leaves each rank an empty placeholder of every parameter outside forward
+        self._sharded = any(hasattr(p.A, "ds_id") or p.A.numel() == 0 for p in self.pairs)
 
     # -- penalty -------------------------------------------------------------------------------------
     def penalty(self) -> torch.Tensor:
@@ -62,7 +71,27 @@ class RMLora:
         cfg = self.config
         if not cfg.uses_penalty:
             return torch.zeros((), dtype=torch.float32, device=self.pairs[0].A.device)
+        if self._sharded:
+            return self._gathered_penalty()
         return orthogonality_penalty(self.groups, cfg.reg_form, cfg.reg_reduction, cfg.reg_weight)
+
+    def _gathered_penalty(self) -> torch.Tensor:
+        # As PEFT does for AdaLoRA's regularizer (peft#1625): gather the shards for the duration of the
+        # computation, registering them with the model so that their gradients reach the partitions.
+        # Supported but untested here (no DeepSpeed on CPU CI); FSDP needs use_orig_params=True and
+        # unsharded LoRA parameters (e.g. ignore them in the wrap policy).
+        try:
+            import deepspeed
+        except ImportError:
+            raise ConfigError(
+                "the LoRA parameters are sharded (empty on this rank) and DeepSpeed is not installed: with FSDP, keep "
+                "LoRA parameters unsharded (use_orig_params=True and exclude them from sharding) or use DeepSpeed ZeRO-3"
+            ) from None
+        params = [t for p in self.pairs for t in (p.A, p.B)]
+        with deepspeed.zero.GatheredParameters(params, fwd_module=self.model):
+            groups = group_pairs(self.pairs)
+            cfg = self.config
+            return orthogonality_penalty(groups, cfg.reg_form, cfg.reg_reduction, cfg.reg_weight)
 
     def add_penalty_gradient(self) -> None:
         """Add the penalty's gradient to the LoRA .grad in closed form (for RMLoraCallback)."""
@@ -71,21 +100,25 @@ class RMLora:
             add_penalty_gradient(self.groups, cfg.reg_form, cfg.reg_reduction, cfg.reg_weight)
 
     # -- directions ------------------------------------------------------------------------------------
-    def _group_directions(self, gi: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        group, keys, r_hat = self.groups[gi], self._keys[gi], self._r_hat[gi]
-        a_idx = select_directions(keys, group.rank, r_hat, self.config.seed, step, STREAM_A)
-        if self.config.mask_sampling == "shared":
-            return a_idx, a_idx
-        return a_idx, select_directions(keys, group.rank, r_hat, self.config.seed, step, STREAM_B)
+    def _bucket_directions(self, step: int):
+        """Per bucket of groups: (group indices, rows of A, columns of B), each an n x r̂ index tensor."""
+        cfg = self.config
+        for gis, keys in self._buckets:
+            rank, r_hat = self.groups[gis[0]].rank, self._r_hat[gis[0]]
+            a_idx = select_directions(keys, rank, r_hat, cfg.seed, step, STREAM_A)
+            b_idx = a_idx if cfg.mask_sampling == "shared" else select_directions(keys, rank, r_hat, cfg.seed, step, STREAM_B)
+            yield gis, a_idx, b_idx
 
     def directions(self, step: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """{module name: (rows of A, columns of B)} selected at optimizer step `step` (sorted, on CPU)."""
-        out = {}
-        for gi, group in enumerate(self.groups):
-            a_idx, b_idx = self._group_directions(gi, step)
-            for k, pair in enumerate(group.pairs):
-                out[pair.name] = (a_idx[k].cpu(), b_idx[k].cpu())
-        return out
+        found = {}
+        for gis, a_idx, b_idx in self._bucket_directions(step):
+            a_idx, b_idx = a_idx.cpu(), b_idx.cpu()
+            pairs = [pair for gi in gis for pair in self.groups[gi].pairs]
+            for k, pair in enumerate(pairs):
+                found[pair.name] = (a_idx[k], b_idx[k])
+        # in the model's group order, as before the buckets
+        return {pair.name: found[pair.name] for g in self.groups for pair in g.pairs}
 
     def masks_step(self, step: int) -> bool:
         """Whether optimizer step `step` is masked."""
@@ -101,23 +134,25 @@ class RMLora:
         if not self.masks_step(step):
             return
         strict = self.config.mask_mode == "strict"
-        for gi, group in enumerate(self.groups):
-            a_idx, b_idx = self._group_directions(gi, step)
-            dtype = group.pairs[0].A.dtype
-            a_mask = direction_mask(a_idx, group.rank, dtype)
-            b_mask = a_mask if b_idx is a_idx else direction_mask(b_idx, group.rank, dtype)
-            ma, mb = expand_masks(group, a_mask, b_mask)
-            params, masks = group.A + group.B, ma + mb
-            mask_gradients(params, masks)
-            if strict:
-                self._snapshots.append(take_snapshot(optimizer, params, masks))
+        for gis, a_idx, b_idx in self._bucket_directions(step):
+            g0 = self.groups[gis[0]]
+            a_mask = direction_mask(a_idx, g0.rank, g0.pairs[0].A.dtype)
+            b_mask = a_mask if b_idx is a_idx else direction_mask(b_idx, g0.rank, g0.pairs[0].A.dtype)
+            sizes = [len(self.groups[gi].pairs) for gi in gis]
+            for gi, am, bm in zip(gis, a_mask.split(sizes), b_mask.split(sizes)):
+                group = self.groups[gi]
+                ka, kb = stacked_masks(group, am, bm)
+                for params, keep in ((group.A, ka), (group.B, kb)):
+                    mask_stacked_gradients(params, keep)
+                    if strict:
+                        self._snapshots.append(take_group_snapshot(optimizer, params, keep))
 
     def after_optimizer_step(self, optimizer, step: int) -> None:
         """Strict mode: write back the unselected rows/columns and their optimizer state."""
         if self._prepared_step != step:
             return
         for snap in self._snapshots:
-            restore_snapshot(optimizer, snap)
+            restore_group_snapshot(optimizer, snap)
         self._snapshots = []
         self._prepared_step = None
 

@@ -18,19 +18,72 @@ from .errors import AdapterError
 RMLORA_CONFIG_NAME = "rmlora_config.json"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+RMLORA_TENSORS_NAME = "rmlora_state.safetensors"  # tensors of a method's state (never pickled)
+TENSOR_REF = "__tensor__"
+
+
+def _split_tensors(obj, tensors: dict):
+    """Replace every tensor in a nested dict/list by {"__tensor__": key}, collecting it in `tensors`."""
+    if torch.is_tensor(obj):
+        key = f"t{len(tensors)}"
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {TENSOR_REF: key}
+    if isinstance(obj, dict):
+        return {k: _split_tensors(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_split_tensors(v, tensors) for v in obj]
+    return obj
+
+
+def _join_tensors(obj, tensors: dict):
+    if isinstance(obj, dict):
+        if set(obj) == {TENSOR_REF}:
+            return tensors[obj[TENSOR_REF]]
+        return {k: _join_tensors(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_join_tensors(v, tensors) for v in obj]
+    return obj
 
 
 def write_rmlora_state(output_dir: str, rmlora) -> None:
-    atomic.write_json(os.path.join(output_dir, RMLORA_CONFIG_NAME), rmlora.state_dict())
+    """The method's state_dict() as JSON; its tensors (SoRA's gate optimizer, AdaLoRA's importance) as safetensors.
+
+    The run's "# T / I params" (param_counts) are recorded beside the state.
+    """
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    state = _split_tensors(rmlora.state_dict(), tensors)
+    if hasattr(rmlora, "param_counts") and "param_counts" not in state:
+        state["param_counts"] = rmlora.param_counts()
+    tensor_path = os.path.join(output_dir, RMLORA_TENSORS_NAME)
+    if tensors:
+        os.makedirs(output_dir, exist_ok=True)
+        tmp = tensor_path + ".tmp"
+        save_file(tensors, tmp, metadata={"format": "pt"})
+        os.replace(tmp, tensor_path)
+    elif os.path.exists(tensor_path):
+        os.unlink(tensor_path)
+    atomic.write_json(os.path.join(output_dir, RMLORA_CONFIG_NAME), state)
 
 
 def read_rmlora_state(adapter_dir: str) -> dict:
     path = os.path.join(adapter_dir, RMLORA_CONFIG_NAME)
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            state = json.load(f)
     except json.JSONDecodeError as e:
         raise AdapterError(f"{path} is not valid JSON ({e}); delete it or re-save the adapter") from None
+    tensor_path = os.path.join(adapter_dir, RMLORA_TENSORS_NAME)
+    if os.path.exists(tensor_path):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = _join_tensors(state, load_file(tensor_path))
+        except (SafetensorError, OSError, ValueError, KeyError) as e:
+            raise AdapterError(f"{tensor_path} does not match {path} ({e}): save the checkpoint again") from None
+    return state
 
 
 def save_adapter(model, output_dir: str, rmlora=None) -> None:
@@ -65,3 +118,33 @@ def read_adapter(adapter_dir: str) -> tuple[dict, dict[str, torch.Tensor]]:
     except (SafetensorError, OSError, ValueError) as e:
         raise AdapterError(f"{weights_path} is not a readable safetensors file ({e}): re-save the adapter") from None
     return config, tensors
+
+
+def load_adapter(base_model, adapter_dir: str, is_trainable: bool = False):
+    """`PeftModel.from_pretrained` with one-line errors for a folder that is not an adapter or does not fit.
+
+    The folder is read with safetensors first (read_adapter), so nothing pickled is ever loaded, and every
+    lora_A / lora_B shape is checked against the base model's layer before PEFT builds anything.
+    """
+    from peft import PeftModel
+
+    from .diagnostics import adapter_pairs
+
+    config, tensors = read_adapter(adapter_dir)
+    modules = dict(base_model.named_modules())
+    for module, A, B, _ in adapter_pairs(config, tensors):
+        layer = modules.get(module)
+        if layer is None:
+            raise AdapterError(
+                f"the adapter adapts {module}, which this base model does not have: load it on the model it was trained on"
+            )
+        weight = getattr(layer, "weight", None)
+        if weight is None or weight.dim() != 2:
+            continue
+        d_out, d_in = weight.shape[::-1] if type(layer).__name__ == "Conv1D" else weight.shape
+        if A.shape[1] != d_in or B.shape[0] != d_out:
+            raise AdapterError(
+                f"adapter shapes for {module} (A {tuple(A.shape)}, B {tuple(B.shape)}) do not fit the base layer "
+                f"({d_out} x {d_in}): load it on the model it was trained on"
+            )
+    return PeftModel.from_pretrained(base_model, adapter_dir, is_trainable=is_trainable)

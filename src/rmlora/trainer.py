@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -17,7 +18,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from .config import RMLoraConfig
-from .errors import ConfigError
+from .errors import ConfigError, NonFiniteLossError
 from .methods import build_training_method
 from .saving import RMLORA_CONFIG_NAME, read_rmlora_state, write_rmlora_state
 
@@ -28,7 +29,20 @@ class _StepHooks(TrainerCallback):
     def __init__(self, trainer: "RMLoraTrainer"):
         self.trainer = trainer
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        # AdaLoRA's budget schedule and SoRA's ξ stages span the run's optimizer steps, known only now
+        set_total_steps = getattr(self.trainer.rmlora, "set_total_steps", None)
+        if set_total_steps is not None and state.max_steps > 0:
+            set_total_steps(state.max_steps)
+
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        if self.trainer._skip_this_step:
+            # a non-finite loss in this accumulation window: drop every gradient, so that the optimizer
+            # skips every parameter (no moment, no weight decay update); the LR schedule still advances
+            for p in self.trainer.model.parameters():
+                p.grad = None
+            self.trainer._skip_this_step = False
+            self.trainer.skipped_steps.append(state.global_step)
         self.trainer.rmlora.before_optimizer_step(optimizer, state.global_step)
 
     def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
@@ -42,9 +56,21 @@ class RMLoraTrainer(Trainer):
     variants); `method_settings` carries a baseline's own knobs (AdaLoRA, SoRA).
     """
 
-    def __init__(self, *args, rmlora_config: RMLoraConfig | None = None, method_settings: dict | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        rmlora_config: RMLoraConfig | None = None,
+        method_settings: dict | None = None,
+        nonfinite_loss: str = "raise",
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
+        if nonfinite_loss not in ("raise", "skip"):
+            raise ConfigError(f"nonfinite_loss must be 'raise' or 'skip', got {nonfinite_loss!r}")
         self.rmlora = build_training_method(self.model, rmlora_config, **(method_settings or {}))
+        self.nonfinite_loss = nonfinite_loss
+        self.skipped_steps: list[int] = []
+        self._skip_this_step = False
         self.add_callback(_StepHooks(self))
         self._penalty_sum: torch.Tensor | None = None
         self._penalty_count = 0
@@ -62,9 +88,14 @@ class RMLoraTrainer(Trainer):
             (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
         )
 
+    def _uses_penalty(self) -> bool:
+        # a baseline says so itself (SoRA's L1 term; AdaLoRA's regularizer is already in the model's loss)
+        uses = getattr(self.rmlora, "uses_penalty", None)
+        return bool(self.rmlora.config.uses_penalty if uses is None else uses)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-        if not (model.training and torch.is_grad_enabled() and self.rmlora.config.uses_penalty):
+        if not (model.training and torch.is_grad_enabled() and self._uses_penalty()):
             return result
         loss, outputs = result if return_outputs else (result, None)
         penalty = self.rmlora.penalty()
@@ -78,6 +109,19 @@ class RMLoraTrainer(Trainer):
         self._penalty_sum = detached if self._penalty_sum is None else self._penalty_sum + detached
         self._penalty_count += 1
         return (loss, outputs) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        # one host sync per micro-batch; the Trainer's own logging_nan_inf_filter (on by default) makes it too
+        if not bool(torch.isfinite(loss)):
+            if self.nonfinite_loss == "raise":
+                raise NonFiniteLossError(
+                    f"the training loss is {float(loss)} at optimizer step {self.state.global_step}: lower the learning "
+                    "rate, set max_grad_norm, check the data for bad values, or skip such steps (nonfinite_loss='skip', "
+                    "--nonfinite_loss skip)"
+                )
+            self._skip_this_step = True
+        return loss
 
     def log(self, logs, *args, **kwargs):
         if self._penalty_sum is not None and "loss" in logs:
@@ -107,6 +151,16 @@ class RMLoraTrainer(Trainer):
         super()._save(output_dir, state_dict=state_dict)
         if self.args.should_save:
             write_rmlora_state(output_dir or self.args.output_dir, self.rmlora)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        # a checkpoint must resume: AdaLoRA saves every triplet there, not PEFT's rank-cut adapter
+        hold = getattr(self.rmlora, "checkpoint_save", None) if _internal_call else None
+        with hold() if hold is not None else contextlib.nullcontext():
+            super().save_model(output_dir, _internal_call=_internal_call)
+        # SoRA's raw adapter lacks the gates: a final save writes the exported (pruned, folded) adapter over it,
+        # while checkpoints (_internal_call) keep the raw one plus the gates for resuming
+        if not _internal_call and getattr(self.rmlora, "export_on_save", False) and self.args.should_save:
+            self.rmlora.export(output_dir or self.args.output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model=model)
