@@ -41,7 +41,9 @@ def test_ddp_replicas_bitwise_identical(tmp_path, mask_mode):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method, mask_mode", [("rm-lora", "strict"), ("rm-lora", "grad")])
+@pytest.mark.parametrize(
+    "method, mask_mode", [("rm-lora", "strict"), ("rm-lora", "grad"), ("sora", "grad"), ("adalora", "grad")]
+)
 def test_killed_run_resumes_to_the_same_adapter_bitwise(tmp_path, method, mask_mode):
     full, killed = tmp_path / "full", tmp_path / "killed"
     run(["--out", str(full), "--method", method, "--mask_mode", mask_mode])
