@@ -34,13 +34,14 @@ def _term_gradient(x: torch.Tensor, diff: torch.Tensor, terms: torch.Tensor, row
     squared:   ∂‖XXᵀ−I‖²/∂X = 4 (XXᵀ−I) X,      ∂‖XᵀX−I‖²/∂X = 4 X (XᵀX−I)
     frobenius: ∂‖XXᵀ−I‖/∂X  = 2 (XXᵀ−I) X / ‖XXᵀ−I‖  (0 where the norm is 0), likewise for B.
     """
-    d = diff @ x if rows else x @ diff
     if squared:
         coef = 4 * scale
     else:
         # the norm is not differentiable at 0 (an exactly orthonormal matrix): take the 0 subgradient
         coef = torch.where(terms > 0, 2 * scale / terms.clamp_min(1e-30), torch.zeros_like(terms))
-    return d * coef[:, None, None]
+    # scale the R x R factor, not the n x R x d product: one pass less over the large tensor
+    diff = diff * coef[:, None, None]
+    return diff @ x if rows else x @ diff
 
 
 class _StackPenalty(torch.autograd.Function):

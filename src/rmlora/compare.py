@@ -1,0 +1,414 @@
+"""The grid runner: every (method, rank, seed) cell trained by `rmlora train`, resumable.
+
+Layout of a comparison folder:
+
+    OUTPUT_DIR/runs/<cell>/      `rmlora train --output_dir` of the cell (metrics.json, history.jsonl, ...)
+    OUTPUT_DIR/results.jsonl     one line per finished cell, appended when it finishes
+    OUTPUT_DIR/report.md, figures/   rebuilt from the two above (rmlora.report)
+
+A cell is named `<method>_r<R>_s<seed>` (`full_s<seed>` for full fine-tuning, which has no rank).
+Resume rule, cell by cell:
+- a results line exists: finished, skipped;
+- runs/<cell>/metrics.json exists (written atomically, last by `rmlora train`): the run finished but
+  the sweep was killed before appending its line: the line is appended now, nothing is retrained;
+- runs/<cell>/ exists otherwise: an interrupted run; it is deleted and trained again;
+- else the cell is trained.
+Each cell's `rmlora train` flags are kept (runs/<cell>/cell.json, and `train_args` in its results
+line); resuming a folder with different flags for a finished cell is refused, so one results.jsonl
+never mixes settings.
+
+Cells run in-process by default: importing torch and transformers once instead of once per cell
+saves seconds per cell (most of a tiny run's time) and lets the Trainer's own progress bar sit under
+the sweep's. `isolate=True` runs each cell as a subprocess instead, for long sweeps where a crash, an
+out-of-memory kill or leaked accelerator memory in one cell must not take the next cells with it; its
+output then goes to runs/<cell>/train.log and the bar shows the epochs done.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from .atomic import write_json
+from .config import METHODS
+from .errors import ConfigError, DataError, RMLoraError
+from .results import HISTORY_NAME, METRICS_NAME, RESULTS_NAME, append_result, read_json, read_results
+
+RUNS_DIR = "runs"
+CELL_NAME = "cell.json"
+# flags the grid sets per cell; passing them to the sweep itself is a mistake worth a clear message
+GRID_FLAGS = {
+    "method": "--methods",
+    "lora_r": "--ranks",
+    "adalora_target_r": "--ranks",
+    "seed": "--seeds",
+    "output_dir": "--output_dir",
+}
+# The paper compares at the same *inference* budget: in the block of rank R of Tables 1–3, AdaLoRA starts
+# at 2R and prunes to R (Table 2: "AdaLoRA 8 4" under R = 4), and SoRA trains 2R gated directions and
+# prunes by threshold (Table 3: "SoRA 32 32" under R = 16). --init_rank_factor changes the 2.
+INIT_RANK_FACTOR = 2
+
+
+@dataclass(frozen=True)
+class Cell:
+    method: str
+    rank: int | None  # None for full fine-tuning
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}_s{self.seed}" if self.rank is None else f"{self.method}_r{self.rank}_s{self.seed}"
+
+
+def build_grid(methods: Sequence[str], ranks: Sequence[int], seeds: Sequence[int]) -> list[Cell]:
+    """Cells seed by seed, so an interrupted sweep has whole comparisons for its first seeds."""
+    for m in methods:
+        if m not in METHODS:
+            raise ConfigError(f"unknown method {m!r} in --methods: choose from {', '.join(METHODS)}")
+    for r in ranks:
+        if int(r) < 1:
+            raise ConfigError(f"--ranks must be at least 1, got {r}")
+    if not methods or not seeds or (not ranks and any(m != "full" for m in methods)):
+        raise ConfigError("the grid is empty: give at least one method (--methods), rank (--ranks) and seed (--seeds)")
+    cells: list[Cell] = []
+    for seed in dict.fromkeys(int(s) for s in seeds):
+        for method in dict.fromkeys(methods):
+            for rank in [None] if method == "full" else dict.fromkeys(int(r) for r in ranks):
+                cells.append(Cell(method, rank, seed))
+    return cells
+
+
+def parse_overrides(specs: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
+    """`METHOD:FLAG=VALUE` (e.g. `full:learning_rate=1e-5`) -> {method: [(flag, value), ...]}."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for spec in specs:
+        method, sep, rest = spec.partition(":")
+        key, eq, value = rest.partition("=")
+        key = key.strip().lstrip("-")
+        if not sep or not eq or not key:
+            raise ConfigError(f"--override {spec!r} is not METHOD:FLAG=VALUE (e.g. full:learning_rate=1e-5)")
+        if method not in METHODS:
+            raise ConfigError(f"--override {spec!r}: unknown method {method!r}; choose from {', '.join(METHODS)}")
+        if key in GRID_FLAGS:
+            raise ConfigError(f"--override {spec!r}: {key} is set by the grid, use {GRID_FLAGS[key]}")
+        out.setdefault(method, []).append((key, value))
+    return out
+
+
+def check_train_args(args: Sequence[str]) -> None:
+    for token in args:
+        if token.startswith("--"):
+            key = token[2:].split("=", 1)[0]
+            if key in GRID_FLAGS:
+                raise ConfigError(f"--{key} is set per cell by the grid: use {GRID_FLAGS[key]} instead")
+
+
+def cell_args(
+    cell: Cell, common: Sequence[str], overrides: dict[str, list[tuple[str, str]]], init_rank_factor: int = INIT_RANK_FACTOR
+) -> list[str]:
+    """The cell's `rmlora train` flags, without --output_dir.
+
+    argparse keeps the last value of a repeated flag, so the order is the precedence: AdaLoRA's default
+    init rank, then the common flags (which may set it), then the grid's own flags, then the overrides
+    (`full:learning_rate=1e-5` wins over a common --learning_rate).
+    """
+    rank, defaults, grid = cell.rank, [], ["--method", cell.method, "--seed", str(cell.seed)]
+    if cell.method == "adalora":
+        defaults = ["--adalora_init_r", str(init_rank_factor * rank)]
+        grid += ["--lora_r", str(rank), "--adalora_target_r", str(rank)]
+    elif cell.method == "sora":
+        grid += ["--lora_r", str(init_rank_factor * rank)]
+    elif rank is not None:
+        grid += ["--lora_r", str(rank)]
+    args = defaults + list(common) + grid
+    for key, value in overrides.get(cell.method, []):
+        args += [f"--{key}", value]
+    return args
+
+
+def cell_ranks(method: str, args: Sequence[str]) -> dict | None:
+    """"# T / I rank" of a cell from its train flags: the rank trained and the rank kept at inference
+    (AdaLoRA: init_r and target_r; SoRA: its gated rank, pruned per module, as the paper's tables list it)."""
+    flags = flag_map(args)
+    last = lambda key: int(flags[key][-1]) if flags.get(key) else None  # noqa: E731
+    if method == "full":
+        return None
+    if method == "adalora":
+        return {"trainable": last("adalora_init_r"), "inference": last("adalora_target_r")}
+    return {"trainable": last("lora_r"), "inference": last("lora_r")}
+
+
+def flag_map(args: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """{flag: values} of an argv, last occurrence winning: two argvs that parse alike compare equal."""
+    out: dict[str, tuple[str, ...]] = {}
+    key = None
+    for token in args:
+        if token.startswith("--"):
+            key, eq, value = token[2:].partition("=")
+            out[key] = (value,) if eq else ()
+        elif key is not None:
+            out[key] = out[key] + (token,)
+    return out
+
+
+def _differences(old: Sequence[str], new: Sequence[str]) -> str:
+    a, b = flag_map(old), flag_map(new)
+    diffs = []
+    for k in sorted(set(a) | set(b)):
+        if a.get(k) != b.get(k):
+            show = lambda v: "unset" if v is None else " ".join(v) or "set"  # noqa: E731
+            diffs.append(f"--{k} {show(a.get(k))} → {show(b.get(k))}")
+    return "; ".join(diffs)
+
+
+# -- the sweep ----------------------------------------------------------------------------------------
+
+@dataclass
+class SweepResult:
+    skipped: list[str] = field(default_factory=list)  # finished before this call
+    recovered: list[str] = field(default_factory=list)  # finished run whose results line was missing
+    trained: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (cell, one-line reason), with keep_going
+
+
+TrainFn = Callable[[list[str]], int]
+
+
+def train_command(argv: list[str]) -> list[str]:
+    """The command line of one isolated cell."""
+    return [sys.executable, "-m", "rmlora.cli.main", "train", *argv]
+
+
+def _train_in_process(argv: list[str]) -> int:
+    from .cli.train import main
+
+    return int(main(argv) or 0)
+
+
+class Sweep:
+    """`Sweep(output_dir, cells, common_args, overrides).run()`; `train` replaces `rmlora train` (tests)."""
+
+    def __init__(
+        self,
+        output_dir: str,
+        cells: Sequence[Cell],
+        common_args: Sequence[str] = (),
+        overrides: dict[str, list[tuple[str, str]]] | None = None,
+        train: TrainFn | None = None,
+        isolate: bool = False,
+        keep_going: bool = False,
+        progress: bool = True,
+        init_rank_factor: int = INIT_RANK_FACTOR,
+    ):
+        check_train_args(common_args)
+        if int(init_rank_factor) < 1:
+            raise ConfigError(f"--init_rank_factor must be at least 1, got {init_rank_factor}")
+        self.init_rank_factor = int(init_rank_factor)
+        self.output_dir = output_dir
+        self.cells = list(cells)
+        self.common_args = list(common_args)
+        self.overrides = overrides or {}
+        self.train = train or _train_in_process
+        self.isolate = isolate
+        self.keep_going = keep_going
+        self.progress = progress
+        self.results_path = os.path.join(output_dir, RESULTS_NAME)
+
+    def run_dir(self, cell: Cell) -> str:
+        return os.path.join(self.output_dir, RUNS_DIR, cell.name)
+
+    def args(self, cell: Cell) -> list[str]:
+        return cell_args(cell, self.common_args, self.overrides, self.init_rank_factor)
+
+    def validate(self) -> None:
+        """Parse every cell's flags with `rmlora train`'s own parser, training nothing: a typo or a bad value
+        (an unknown flag, AdaLoRA's init_r ≤ target_r) stops the sweep before its first cell, not hours in."""
+        from .cli.train import parse_args
+
+        for cell in self.cells:
+            try:
+                parse_args(self.args(cell) + ["--output_dir", self.run_dir(cell)])
+            except SystemExit:  # argparse has printed the usage and what it rejected
+                raise ConfigError(f"cell {cell.name}: rmlora train rejects these flags (see the message above)") from None
+            except RMLoraError as e:
+                raise type(e)(f"cell {cell.name}: {e}") from None
+
+    # -- state ------------------------------------------------------------------------------------------
+    def status(self) -> dict[str, str]:
+        """cell name -> "finished" | "recoverable" (metrics.json, no line) | "interrupted" | "todo"."""
+        finished = read_results(self.results_path).by_cell()
+        out = {}
+        for cell in self.cells:
+            if cell.name in finished:
+                out[cell.name] = "finished"
+            elif read_json(os.path.join(self.run_dir(cell), METRICS_NAME)) is not None:
+                out[cell.name] = "recoverable"
+            elif os.path.exists(self.run_dir(cell)):
+                out[cell.name] = "interrupted"
+            else:
+                out[cell.name] = "todo"
+        return out
+
+    def _check_same_settings(self, cell: Cell, recorded: Sequence[str] | None) -> None:
+        if recorded is None:
+            return
+        if flag_map(recorded) != flag_map(self.args(cell)):
+            raise ConfigError(
+                f"cell {cell.name} in {self.output_dir} finished with other flags ({_differences(recorded, self.args(cell))}): "
+                f"use a new --output_dir, or delete runs/{cell.name} and its line in {RESULTS_NAME} to retrain it"
+            )
+
+    def _record(self, cell: Cell) -> dict:
+        """The results line of a finished cell, from its metrics.json."""
+        run_dir = self.run_dir(cell)
+        metrics = read_json(os.path.join(run_dir, METRICS_NAME))
+        if metrics is None:
+            raise DataError(f"{os.path.join(run_dir, METRICS_NAME)} is missing or unreadable: the run did not finish")
+        if metrics.get("method") not in (None, cell.method) or metrics.get("seed") not in (None, cell.seed):
+            raise DataError(
+                f"{run_dir} holds a run of method {metrics.get('method')} seed {metrics.get('seed')}, not of cell "
+                f"{cell.name}: move that folder away and rerun"
+            )
+        spec = read_json(os.path.join(run_dir, CELL_NAME)) or {}
+        record = dict(metrics)
+        record.update(
+            cell=cell.name,
+            method=cell.method,
+            rank=cell.rank,
+            seed=cell.seed,
+            run_dir=os.path.join(RUNS_DIR, cell.name),
+            train_args=spec.get("train_args"),
+            ranks=cell_ranks(cell.method, spec.get("train_args") or self.args(cell)),
+        )
+        return record
+
+    # -- running ----------------------------------------------------------------------------------------
+    def run(self) -> SweepResult:
+        os.makedirs(os.path.join(self.output_dir, RUNS_DIR), exist_ok=True)
+        result = SweepResult()
+        finished = read_results(self.results_path).by_cell()
+        for cell in self.cells:
+            if cell.name in finished:
+                self._check_same_settings(cell, finished[cell.name].get("train_args"))
+        todo = []
+        for cell in self.cells:
+            if cell.name in finished:
+                result.skipped.append(cell.name)
+            elif read_json(os.path.join(self.run_dir(cell), METRICS_NAME)) is not None:
+                spec = read_json(os.path.join(self.run_dir(cell), CELL_NAME)) or {}
+                self._check_same_settings(cell, spec.get("train_args"))
+                append_result(self.results_path, self._record(cell))
+                result.recovered.append(cell.name)
+            else:
+                todo.append(cell)
+
+        bar = _progress_bar(len(self.cells), len(self.cells) - len(todo), enabled=self.progress)
+        try:
+            for cell in todo:
+                bar.set_postfix_str(cell.name)
+                try:
+                    self._run_cell(cell, bar)
+                except KeyboardInterrupt:
+                    raise
+                except Exception as e:  # noqa: BLE001 - a failed cell is reported, the sweep decides
+                    reason = f"{type(e).__name__}: {e}".splitlines()[0]
+                    if not self.keep_going:
+                        bar.write(f"cell {cell.name} failed; finished cells are kept, rerun the same command to resume")
+                        if isinstance(e, RMLoraError):
+                            raise type(e)(f"cell {cell.name}: {e}") from e
+                        raise
+                    result.failed.append((cell.name, reason))
+                    bar.write(f"cell {cell.name} failed ({reason}); going on")
+                else:
+                    result.trained.append(cell.name)
+                bar.update(1)
+        finally:
+            bar.close()
+        return result
+
+    def _run_cell(self, cell: Cell, bar) -> None:
+        run_dir = self.run_dir(cell)
+        if os.path.exists(run_dir):
+            # an interrupted run: its checkpoints and half-written files are not worth trusting
+            shutil.rmtree(run_dir)
+        os.makedirs(run_dir)
+        args = self.args(cell)
+        write_json(os.path.join(run_dir, CELL_NAME), {"cell": cell.name, "method": cell.method, "rank": cell.rank, "seed": cell.seed, "train_args": args})
+        argv = args + ["--output_dir", run_dir]
+        rc = self._subprocess(cell, argv, bar) if self.isolate else self._in_process(argv)
+        if rc != 0:
+            raise RuntimeError(f"rmlora train exited with status {rc}")
+        if read_json(os.path.join(run_dir, METRICS_NAME)) is None:
+            raise RuntimeError(f"rmlora train finished without writing {METRICS_NAME}")
+        append_result(self.results_path, self._record(cell))
+
+    def _in_process(self, argv: list[str]) -> int:
+        try:
+            return int(self.train(argv) or 0)
+        finally:
+            # the next cell builds a fresh model: free this one's tensors (and accelerator cache) first
+            gc.collect()
+            _empty_accelerator_cache()
+
+    def _subprocess(self, cell: Cell, argv: list[str], bar) -> int:
+        command = train_command(argv)
+        history = os.path.join(self.run_dir(cell), HISTORY_NAME)
+        with open(os.path.join(self.run_dir(cell), "train.log"), "w", encoding="utf-8") as log:
+            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                while True:
+                    try:
+                        return proc.wait(timeout=1.0)
+                    except subprocess.TimeoutExpired:
+                        bar.set_postfix_str(f"{cell.name}: {_count_lines(history)} epochs done")
+            finally:
+                if proc.poll() is None:
+                    proc.terminate()
+                    try:
+                        proc.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+
+
+def _count_lines(path: str) -> int:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return sum(1 for line in f if line.strip())
+    except OSError:
+        return 0
+
+
+def _empty_accelerator_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class _NoBar:
+    def set_postfix_str(self, text):
+        pass
+
+    def update(self, n=1):
+        pass
+
+    def write(self, text):
+        print(text, file=sys.stderr)
+
+    def close(self):
+        pass
+
+
+def _progress_bar(total: int, done: int, enabled: bool = True):
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    # position 0: the Trainer's own bar for the current run takes the next free line below it
+    return tqdm(total=total, initial=done, desc="cells", unit="cell", position=0, leave=True, dynamic_ncols=True)

@@ -1,0 +1,214 @@
+"""What every task family provides to `rmlora train`, and the steps they share.
+
+    task = build_task(model_args, data_args, seed)       # registry.py
+    task.load_data()                                     # splits, label set, subsets (data.py)
+    model = task.load_model()                            # pre-trained model with the task's head
+    model = task.place_lora(model, lora_args, method)    # LoRA targets; may swap in a cached-feature head
+    task.prepare_datasets()                              # tokenize / transform; task.train_dataset, ...
+    task.evaluate(trainer, "validation")                 # {"eval_<metric>": ..., "eval_loss": ...}
+
+A family implements `_load_splits`, `_load_pretrained` and `_prepare`; classification families
+share the label handling below. The train split's fixed subset (`train_eval`) is what the history
+measures each epoch for the train metric; its loss is reported as `train_subset_loss` so that it does
+not clash with the Trainer's training loss.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from ..errors import ConfigError, DataError
+from .data import EVAL_SPLITS, finish_splits, seeded_subset, split_prefix
+
+logger = logging.getLogger(__name__)
+
+_DROPPED_KEYS = ("_runtime", "_samples_per_second", "_steps_per_second")
+
+
+class Task:
+    family = ""
+    primary_metric = "accuracy"
+    trainer_label_names: Sequence[str] = ("labels",)
+    remove_unused_columns = True
+
+    def __init__(self, name: str, model_args, data_args, seed: int = 42):
+        self.name, self.model_args, self.data_args, self.seed = name, model_args, data_args, seed
+        self.raw: dict = {}
+        self.label_list: list[str] | None = None
+        self.processing_class = None
+        self.data_collator = None
+        self.train_dataset = None
+        self.eval_datasets: dict = {}
+        self.placement: str | None = None
+
+    # -- data ------------------------------------------------------------------------------------------
+    def load_data(self) -> dict:
+        splits = self._load_splits()
+        splits = {k: v for k, v in splits.items() if v is not None}
+        splits = self._encode_labels(splits)
+        self.raw = finish_splits(splits, self.data_args, self.seed, self._stratify_column())
+        return self.raw
+
+    def _load_splits(self) -> dict:
+        raise NotImplementedError
+
+    def _encode_labels(self, splits: dict) -> dict:
+        return splits
+
+    def _stratify_column(self) -> str | None:
+        return None
+
+    @property
+    def evaluation_splits(self) -> list[str]:
+        return [s for s in EVAL_SPLITS if s in self.raw]
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_list) if self.label_list else 1
+
+    # -- model -----------------------------------------------------------------------------------------
+    def from_pretrained_kwargs(self) -> dict:
+        m = self.model_args
+        kwargs = {"cache_dir": m.cache_dir, "revision": m.model_revision}
+        if m.gguf_file:
+            kwargs["gguf_file"] = m.gguf_file
+        return kwargs
+
+    def load_model(self):
+        return self._load_pretrained()
+
+    def _load_pretrained(self):
+        raise NotImplementedError
+
+    def peft_task_type(self) -> str | None:
+        return None
+
+    def place_lora(self, model, lora_args, method: str):
+        """Fill lora_args.target_modules / modules_to_save from --lora_placement; returns the model to wrap."""
+        from .placement import has_peft_default, placement_modules
+
+        placement = self.model_args.lora_placement
+        if method == "full":
+            return model
+        if placement is None and not lora_args.target_modules and not has_peft_default(model):
+            placement = "attention"  # PEFT knows no default targets for this architecture
+        self.placement = placement
+        if placement is not None:
+            if lora_args.target_modules:
+                raise ConfigError("--lora_placement and --target_modules both given: pass only one of them")
+            targets, save = placement_modules(model, placement)
+            lora_args.target_modules = ",".join(targets)
+            if save and not lora_args.modules_to_save:
+                lora_args.modules_to_save = ",".join(save)
+        return model
+
+    # -- datasets --------------------------------------------------------------------------------------
+    def prepare_datasets(self) -> None:
+        """Turn raw splits into model inputs: train_dataset, eval_datasets[split], eval_datasets['train_eval']."""
+        self.train_dataset = self._prepare(self.raw["train"], "train")
+        for split in self.evaluation_splits:
+            self.eval_datasets[split] = self._prepare(self.raw[split], split)
+        self.eval_datasets["train_eval"] = self._train_eval_dataset()
+
+    def _prepare(self, ds, split: str):
+        raise NotImplementedError
+
+    def _train_eval_dataset(self):
+        n = self.data_args.train_eval_samples or None
+        return seeded_subset(self.train_dataset, n, self.seed)
+
+    # -- evaluation ------------------------------------------------------------------------------------
+    def compute_metrics(self, eval_pred) -> dict:
+        raise NotImplementedError
+
+    def trainer_metrics(self):
+        """The Trainer's compute_metrics: None where predictions need post-processing first (SQuAD)."""
+        return self.compute_metrics
+
+    def evaluate(self, trainer, split: str) -> dict:
+        """Metrics of one split with their key prefix: train_eval -> train_*, validation -> eval_*, test -> test_*."""
+        prefix, suffix = ("train", "") if split == "train_eval" else split_prefix(split)
+        metrics = self._predict_metrics(trainer, split, prefix)
+        out = {}
+        for key, value in metrics.items():
+            if key.endswith(_DROPPED_KEYS):
+                continue
+            if key == "train_loss":  # the Trainer's own train_loss is the training objective
+                key = "train_subset_loss"
+            out[key + suffix] = value
+        return out
+
+    def _predict_metrics(self, trainer, split: str, prefix: str) -> dict:
+        return trainer.predict(self.eval_datasets[split], metric_key_prefix=prefix).metrics
+
+    def describe(self) -> dict:
+        return {
+            "task": self.name,
+            "family": self.family,
+            "num_labels": self.num_labels,
+            "label_list": self.label_list,
+            "splits": {k: len(v) for k, v in self.raw.items()},
+            "lora_placement": self.placement,
+        }
+
+
+# -- labels of classification tasks ------------------------------------------------------------------
+
+def encode_label_column(splits: dict, column: str, label_list: list, aliases: dict | None = None) -> dict:
+    """Replace `column` by an int `labels` column (ClassLabel) after checking every value is in the label set.
+
+    A value is accepted as a label name (`label_list`), an alias of one, or an id 0..K-1 of a label set
+    whose names are not themselves ints.
+    """
+    from datasets import ClassLabel
+
+    index = {str(name): i for i, name in enumerate(label_list)}
+    for alias, name in (aliases or {}).items():
+        index[str(alias)] = index[str(name)]
+    names_are_ints = all(_is_int_like(n) for n in label_list)
+    out = {}
+    for split, ds in splits.items():
+        if column not in ds.column_names:
+            raise DataError(f"the {split} split has no label column {column!r} (it has {', '.join(ds.column_names)}): pass --label_column")
+        values = ds[column]
+        ids = []
+        for row, v in enumerate(values):
+            key = _label_key(v)
+            if key in index:
+                ids.append(index[key])
+            elif not names_are_ints and _is_int_like(key) and 0 <= int(float(key)) < len(label_list):
+                ids.append(int(float(key)))
+            else:
+                shown = ", ".join(map(str, label_list[:12])) + (", ..." if len(label_list) > 12 else "")
+                raise DataError(
+                    f"label {v!r} in row {row} of the {split} split is not in the label set ({shown}): "
+                    "fix the file or train on data that has this label"
+                )
+        ds = ds.remove_columns([c for c in (column, "labels") if c in ds.column_names])
+        ds = ds.add_column("labels", ids).cast_column("labels", ClassLabel(names=[str(n) for n in label_list]))
+        out[split] = ds
+    return out
+
+
+def label_set(values) -> list:
+    """Sorted distinct labels of the training data (ints numerically, anything else as text)."""
+    distinct = {_label_key(v) for v in values}
+    if None in distinct or "None" in distinct:
+        raise DataError("the train split has rows without a label: remove them or fill them in")
+    if all(_is_int_like(v) for v in distinct):
+        return [str(v) for v in sorted(int(float(v)) for v in distinct)]
+    return sorted(distinct)
+
+
+def _label_key(v) -> str:
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return str(v).strip() if isinstance(v, str) else str(v)
+
+
+def _is_int_like(v) -> bool:
+    try:
+        return float(v).is_integer()
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,125 @@
+"""Sequence classification (one text or a text pair -> a class, or a score for regression).
+
+Shared by GLUE (glue.py) and local text files (text.py): tokenization with dynamic padding
+(DataCollatorWithPadding), AutoModelForSequenceClassification with the label set in its config, and
+predictions -> metrics. Decoder models (GPT-2, Llama) need a pad token to find each sequence's last
+token; when the tokenizer has none, its end-of-sequence token is used, as transformers' examples do.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Task, encode_label_column
+from .data import require_columns
+
+
+class SequenceClassificationTask(Task):
+    family = "text-classification"
+    is_regression = False
+
+    def __init__(self, name, model_args, data_args, seed=42):
+        super().__init__(name, model_args, data_args, seed)
+        self.text_column = data_args.text_column or "text"
+        self.text_pair_column = data_args.text_pair_column
+        self.label_column = data_args.label_column or "label"
+
+    # -- labels ----------------------------------------------------------------------------------------
+    def _label_aliases(self) -> dict:
+        return {}
+
+    def _encode_labels(self, splits: dict) -> dict:
+        for split, ds in splits.items():
+            require_columns(ds, [self.text_column, self.text_pair_column, self.label_column], split)
+        if self.is_regression:
+            return {split: self._float_labels(ds, split) for split, ds in splits.items()}
+        if self.label_list is None:
+            from datasets import ClassLabel
+
+            from .base import label_set
+
+            feature = splits["train"].features[self.label_column]
+            names = feature.names if isinstance(feature, ClassLabel) else None
+            self.label_list = names or label_set(splits["train"][self.label_column])
+        return encode_label_column(splits, self.label_column, self.label_list, self._label_aliases())
+
+    def _float_labels(self, ds, split: str):
+        from ..errors import DataError
+
+        values = ds[self.label_column]
+        for row, v in enumerate(values):
+            try:
+                if v is None or np.isnan(float(v)):
+                    raise ValueError
+            except (TypeError, ValueError):
+                raise DataError(f"label {v!r} in row {row} of the {split} split is not a number: a regression task needs numeric scores") from None
+        ds = ds.remove_columns([c for c in (self.label_column, "labels") if c in ds.column_names])
+        return ds.add_column("labels", [float(v) for v in values])
+
+    def _stratify_column(self):
+        return None if self.is_regression else "labels"
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.is_regression else len(self.label_list)
+
+    # -- model -----------------------------------------------------------------------------------------
+    def peft_task_type(self) -> str | None:
+        # PEFT's SEQ_CLS type also adds the head (classifier / score) to modules_to_save; with LoRA on the
+        # head itself that would train the head twice over, so that placement uses no task type
+        return None if self.placement == "head" else "SEQ_CLS"
+
+    def _load_pretrained(self):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        kwargs = self.from_pretrained_kwargs()
+        tokenizer = AutoTokenizer.from_pretrained(self.model_args.tokenizer_name or self.model_args.model_name_or_path, **kwargs)
+        labels = {}
+        if not self.is_regression:
+            labels = {"id2label": dict(enumerate(self.label_list)), "label2id": {n: i for i, n in enumerate(self.label_list)}}
+        model = AutoModelForSequenceClassification.from_pretrained(
+            self.model_args.model_name_or_path,
+            num_labels=self.num_labels,
+            ignore_mismatched_sizes=self.model_args.ignore_mismatched_sizes,
+            **labels,
+            **kwargs,
+        )
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        self.processing_class = tokenizer
+        return model
+
+    # -- datasets --------------------------------------------------------------------------------------
+    def _prepare(self, ds, split: str):
+        from transformers import DataCollatorWithPadding
+
+        tokenizer = self.processing_class
+        self.data_collator = DataCollatorWithPadding(tokenizer)
+        text, pair = self.text_column, self.text_pair_column
+        max_length = min(self.data_args.max_seq_length, _model_max_length(tokenizer))
+
+        def tokenize(batch):
+            first = [t if t is not None else "" for t in batch[text]]
+            second = [t if t is not None else "" for t in batch[pair]] if pair else None
+            return tokenizer(first, second, truncation=True, max_length=max_length)
+
+        keep = {"labels"}
+        return ds.map(tokenize, batched=True, remove_columns=[c for c in ds.column_names if c not in keep], desc=f"tokenizing {split}")
+
+    # -- metrics ---------------------------------------------------------------------------------------
+    def predictions(self, logits) -> np.ndarray:
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        return np.squeeze(logits, axis=-1) if self.is_regression else np.argmax(logits, axis=-1)
+
+    def compute_metrics(self, eval_pred) -> dict:
+        from ..metrics import accuracy
+
+        return accuracy(self.predictions(eval_pred.predictions), eval_pred.label_ids)
+
+
+def _model_max_length(tokenizer) -> int:
+    n = getattr(tokenizer, "model_max_length", None)
+    # tokenizers without a limit report a huge sentinel (int(1e30))
+    return n if isinstance(n, int) and 0 < n < 1_000_000 else 1_000_000

