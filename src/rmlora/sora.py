@@ -270,7 +270,8 @@ class SoraMethod:
         grads = [p.grad for p in gates if p.grad is not None]
         # a skipped step (no gradient, as RMLoraTrainer leaves a non-finite one) or an fp16 overflow step:
         # the main optimizer does not move, so neither do the gates (nor does the reference threshold them)
-        if not grads or not all(torch.isfinite(gr).all() for gr in grads):
+        # (one host sync for all gates, not one per gate)
+        if not grads or not bool(torch.isfinite(torch.cat([gr.reshape(-1) for gr in grads])).all()):
             return
         lr = self.gate_learning_rate(optimizer)
         for group in self.gate_optimizer.param_groups:
