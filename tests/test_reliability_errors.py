@@ -124,3 +124,26 @@ def test_bf16_training_keeps_penalty_float32(tmp_path):
     assert tr.rmlora.penalty().dtype == torch.float32
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert "rmlora_penalty" in tr.state.log_history[0]
+
+
+RTE = "tests/fixtures/glue/rte"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--task_name", "foo"], "unknown --task_name 'foo'"),
+        (["--task_name", "rte", "--gguf_file", "nope.gguf", "--train_file", f"{RTE}/train.tsv",
+          "--validation_file", f"{RTE}/validation.tsv"], "GGUF file"),
+    ],
+)
+def test_cli_bad_task_and_missing_gguf_answer_in_one_line(tmp_path, capsys, argv, message):
+    import os
+
+    from rmlora.cli.main import main
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    argv = [a.replace("tests/", os.path.join(root, "tests") + "/") for a in argv]
+    rc = main(["train", "--model_name_or_path", str(tmp_path), "--output_dir", str(tmp_path / "o"), *argv])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rmlora train: error:")]
+    assert rc == 2 and len(err) == 1 and message in err[0], err

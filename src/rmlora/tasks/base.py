@@ -15,6 +15,8 @@ not clash with the Trainer's training loss.
 
 from __future__ import annotations
 
+import os
+
 import logging
 from collections.abc import Sequence
 
@@ -72,6 +74,14 @@ class Task:
         m = self.model_args
         kwargs = {"cache_dir": m.cache_dir, "revision": m.model_revision}
         if m.gguf_file:
+            # transformers reads gguf_file inside model_name_or_path (a folder or a hub repo); a missing local
+            # file would surface as a hub lookup error with a traceback
+            path = m.gguf_file if os.path.isabs(m.gguf_file) else os.path.join(m.model_name_or_path, m.gguf_file)
+            if (os.path.isdir(m.model_name_or_path) or os.path.isabs(m.gguf_file)) and not os.path.isfile(path):
+                raise ConfigError(
+                    f"GGUF file {path} does not exist: pass the folder that holds it as --model_name_or_path "
+                    "and the file's name as --gguf_file"
+                )
             kwargs["gguf_file"] = m.gguf_file
         return kwargs
 
