@@ -6,7 +6,8 @@
 # random subsets: 480 train, 120 validation, 300 test, train metric on 120 train rows.
 # RM-LoRA settings: the authors' published GLUE setting r_hat = 4 of R = 8, reg_weight = 0.1 (not tuned here).
 # Phase A: lora vs rm-lora, 3 seeds. Phase B: the other methods (seed 0), added to the same comparison;
-# in the run reported in docs/RESULTS.md only gm-lora of phase B ran (PHASE=B METHODS_B=gm-lora), for lack of time.
+# in the run reported in docs/RESULTS.md phase B ran for seed 0 only: METHODS_B=gm-lora, then
+# METHODS_B='lora rm-lora gm-lora r-lora adalora sora full' (finished cells are skipped).
 # Phase C: rm-lora with reg_weight 0.01 (experiment 1's validation choice) instead of 0.1, separate folder,
 # because Eq. 10's penalty is summed over the 37 adapted modules here (see docs/RESULTS.md).
 source "$(dirname "$0")/common.sh"

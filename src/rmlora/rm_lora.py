@@ -13,6 +13,8 @@ Only the LoRA matrices of the active adapter are touched; heads and `modules_to_
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -46,6 +48,13 @@ class RMLora:
         self.pairs: list[LoraPair] = require_lora_pairs(self.model)
         self.groups: list[PairGroup] = group_pairs(self.pairs)
         self._r_hat = [self.config.r_hat_for(g.rank, g.pairs[0].name) for g in self.groups]
+        full = sorted({g.rank for g, r in zip(self.groups, self._r_hat) if r == g.rank})
+        if self.config.uses_masking and full:
+            warnings.warn(
+                f"r_hat={self.config.r_hat} selects every direction of the modules of rank {full}: they are not masked "
+                "(gm-lora acts as lora and rm-lora as r-lora there); use a smaller r_hat",
+                stacklevel=2,
+            )
         for g in self.groups:  # every pair of a group shares R, but check names for the error message
             for p in g.pairs:
                 self.config.r_hat_for(p.rank, p.name)
