@@ -222,3 +222,11 @@ def _is_int_like(v) -> bool:
         return float(v).is_integer()
     except (TypeError, ValueError):
         return False
+
+
+def ensure_pad_token(tokenizer, model) -> None:
+    """Decoder tokenizers (GPT-2, Llama) have no pad token: pad with EOS (or UNK), and tell the model."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id

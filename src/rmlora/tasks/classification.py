@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Task, encode_label_column
+from .base import Task, encode_label_column, ensure_pad_token
 from .data import require_columns
 
 
@@ -84,10 +84,7 @@ class SequenceClassificationTask(Task):
             **labels,
             **kwargs,
         )
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-        if model.config.pad_token_id is None:
-            model.config.pad_token_id = tokenizer.pad_token_id
+        ensure_pad_token(tokenizer, model)
         self.processing_class = tokenizer
         return model
 

@@ -120,3 +120,14 @@ def finish_splits(splits: dict, data_args, seed: int, stratify_column: str | Non
     for name in EVAL_SPLITS:
         limits[name] = data_args.max_eval_samples if name.startswith("validation") else data_args.max_test_samples
     return {name: seeded_subset(ds, limits.get(name), seed) for name, ds in splits.items()}
+
+
+def load_local_splits(data_args) -> dict:
+    """{"train", "validation"?, "test"?} from --train_file / --validation_file / --test_file."""
+    d = data_args
+    splits = {"train": load_file(d.train_file, "train file", d.file_encoding)}
+    if d.validation_file:
+        splits["validation"] = load_file(d.validation_file, "validation file", d.file_encoding)
+    if d.test_file:
+        splits["test"] = load_file(d.test_file, "test file", d.file_encoding)
+    return splits

@@ -14,7 +14,7 @@ import logging
 from ..errors import DataError
 from ..metrics import glue_metrics
 from .classification import SequenceClassificationTask
-from .data import load_file
+from .data import load_local_splits
 
 logger = logging.getLogger(__name__)
 
@@ -59,12 +59,7 @@ class GlueTask(SequenceClassificationTask):
     def _load_splits(self) -> dict:
         d = self.data_args
         if d.train_file:
-            splits = {"train": load_file(d.train_file, "train file", d.file_encoding)}
-            if d.validation_file:
-                splits["validation"] = load_file(d.validation_file, "validation file", d.file_encoding)
-            if d.test_file:
-                splits["test"] = load_file(d.test_file, "test file", d.file_encoding)
-            return splits
+            return load_local_splits(d)
         if d.validation_file or d.test_file:
             raise DataError("--validation_file / --test_file given without --train_file: pass the training file too")
         return self._load_hub()

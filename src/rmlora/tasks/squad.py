@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..metrics import squad_metrics
-from .base import Task
+from .base import Task, ensure_pad_token
 from .data import check_file, seeded_subset
 
 HUB_DATASET = "rajpurkar/squad"
@@ -143,10 +143,7 @@ class QuestionAnsweringTask(Task):
         if not getattr(tokenizer, "is_fast", False):
             raise ConfigError("SQuAD needs a fast tokenizer (offset mappings): pass a model or --tokenizer_name with tokenizer.json")
         model = AutoModelForQuestionAnswering.from_pretrained(self.model_args.model_name_or_path, **kwargs)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-        if model.config.pad_token_id is None:
-            model.config.pad_token_id = tokenizer.pad_token_id
+        ensure_pad_token(tokenizer, model)
         self.processing_class = tokenizer
         return model
 

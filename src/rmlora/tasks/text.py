@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..errors import DataError
 from .classification import SequenceClassificationTask
-from .data import load_file
+from .data import load_local_splits
 
 
 class TextClassificationTask(SequenceClassificationTask):
@@ -19,12 +19,7 @@ class TextClassificationTask(SequenceClassificationTask):
     def _load_splits(self) -> dict:
         d = self.data_args
         if d.train_file:
-            splits = {"train": load_file(d.train_file, "train file", d.file_encoding)}
-            if d.validation_file:
-                splits["validation"] = load_file(d.validation_file, "validation file", d.file_encoding)
-            if d.test_file:
-                splits["test"] = load_file(d.test_file, "test file", d.file_encoding)
-            return splits
+            return load_local_splits(d)
         if d.dataset_name:
             from datasets import load_dataset
 
