@@ -141,3 +141,20 @@ def test_sora_gated_model_diagnostics_fold_the_gate(tmp_path):
         e = by_name[strip(m.module)]
         assert e.lora_rank == 3 and m.rank == 3
         np.testing.assert_allclose(m.singular_values[:3], e.singular_values, rtol=1e-5)
+
+
+def test_adalora_model_diagnostics_match_peft_delta_weight():
+    from peft import AdaLoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_bert(), AdaLoraConfig(init_r=4, target_r=2, target_modules=["query", "value"], total_step=10))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n or "lora_E" in n:
+                p.copy_(torch.randn_like(p) * 0.1)
+    layers = {n: m for n, m in model.named_modules() if hasattr(m, "lora_E")}
+    diag = diagnose_model(model)
+    assert len(diag.modules) == len(layers) == 4
+    for m in diag.modules:
+        dw = layers[m.module].get_delta_weight("default").detach().double().numpy()
+        sv = np.linalg.svd(dw, compute_uv=False)
+        np.testing.assert_allclose(m.singular_values, sv[: len(m.singular_values)], rtol=1e-4, atol=1e-7)

@@ -96,6 +96,23 @@ def find_lora_pairs(model: nn.Module, require_grad: bool = False) -> list[LoraPa
         if not isinstance(module, LoraLayer):
             continue
         for adapter in module.active_adapters:
+            if hasattr(module, "lora_E") and adapter in module.lora_E:
+                # AdaLoRA's P Λ Q: ΔW = B (A ⊙ E) · scaling / (ranknum + 1e-5), as PEFT's get_delta_weight.
+                # Read-only pairs for diagnostics; RMLora never trains AdaLoRA models.
+                if require_grad:
+                    continue
+                ranknum = float(module.ranknum[adapter])
+                pairs.append(
+                    LoraPair(
+                        name=name,
+                        A=(module.lora_A[adapter] * module.lora_E[adapter]).detach(),
+                        B=module.lora_B[adapter].detach(),
+                        rank=int(module.lora_A[adapter].shape[0]),
+                        scaling=float(module.scaling[adapter]) / (ranknum + 1e-5),
+                        fan_in_fan_out=bool(getattr(module, "fan_in_fan_out", False)),
+                    )
+                )
+                continue
             if adapter in getattr(module, "lora_A", {}):
                 A = module.lora_A[adapter].weight
                 B = module.lora_B[adapter].weight
