@@ -11,8 +11,8 @@ optimizer still holds full state for every LoRA matrix (REFERENCE.md §6).
 The work is done per group of same-shaped pairs on an n-stack of its matrices: stack, one masked
 kernel, one foreach copy back. A model has ~100 LoRA matrices and a per-parameter loop would launch
 ~10 small kernels for each of them (weights, exp_avg, exp_avg_sq; clone, where, copy): the per-group
-form launches a handful per group. `expand_masks`, `mask_gradients`, `take_snapshot` and
-`restore_snapshot` are the per-parameter forms, kept as the simple reference.
+form launches a handful per group; `mask_gradients` is the per-parameter fallback for a group in which
+some matrix got no gradient.
 """
 
 from __future__ import annotations
@@ -34,14 +34,6 @@ def _col_view(param: torch.Tensor, rank: int) -> tuple[int, ...]:
     return (1, rank) + (1,) * (param.dim() - 2)
 
 
-def expand_masks(group: PairGroup, a_mask: torch.Tensor, b_mask: torch.Tensor) -> tuple[list, list]:
-    """Per-parameter broadcastable masks for the A's and B's of a group (n x R masks in)."""
-    rank = group.rank
-    a = [m.view(_row_view(p.A, rank)) for p, m in zip(group.pairs, a_mask)]
-    b = [m.view(_col_view(p.B, rank)) for p, m in zip(group.pairs, b_mask)]
-    return a, b
-
-
 def stacked_masks(group: PairGroup, a_mask: torch.Tensor, b_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Masks broadcastable to the n-stack of the group's A's (n x R x 1...) and B's (n x 1 x R x 1...)."""
     n, rank = len(group.pairs), group.rank
@@ -50,7 +42,7 @@ def stacked_masks(group: PairGroup, a_mask: torch.Tensor, b_mask: torch.Tensor) 
     return a, b
 
 
-# -- per-parameter reference forms -------------------------------------------------------------------------
+# -- per-parameter fallback -------------------------------------------------------------------------
 @torch.no_grad()
 def mask_gradients(params: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
     """grad ← grad · mask for every parameter that has a gradient (one foreach call)."""
@@ -63,37 +55,6 @@ def mask_gradients(params: list[torch.Tensor], masks: list[torch.Tensor]) -> Non
 def _state_tensors(optimizer, param: torch.Tensor) -> dict[str, torch.Tensor]:
     state = optimizer.state.get(param, {}) if optimizer is not None else {}
     return {k: v for k, v in state.items() if torch.is_tensor(v) and v.shape == param.shape}
-
-
-@dataclass
-class Snapshot:
-    """What strict mode restores after the step: weights and optimizer state of the unselected directions."""
-
-    params: list[torch.Tensor]
-    keep: list[torch.Tensor]  # broadcastable bool masks: True where the step may change the value
-    weights: list[torch.Tensor]
-    states: list[dict[str, torch.Tensor] | None]  # None: the optimizer had no state yet (lazy init)
-
-
-@torch.no_grad()
-def take_snapshot(optimizer, params: list[torch.Tensor], masks: list[torch.Tensor]) -> Snapshot:
-    keep = [m.bool() for m in masks]
-    weights = [p.detach().clone() for p in params]
-    states = []
-    for p in params:
-        st = _state_tensors(optimizer, p)
-        states.append({k: v.clone() for k, v in st.items()} if st else None)
-    return Snapshot(params, keep, weights, states)
-
-
-@torch.no_grad()
-def restore_snapshot(optimizer, snap: Snapshot) -> None:
-    for p, keep, w, saved in zip(snap.params, snap.keep, snap.weights, snap.states):
-        p.copy_(torch.where(keep, p, w))
-        for key, now in _state_tensors(optimizer, p).items():
-            # state created by this very step started from zeros (AdamW, SGD momentum start there)
-            before = saved[key] if saved is not None and key in saved else torch.zeros_like(now)
-            now.copy_(torch.where(keep, now, before))
 
 
 # -- per-group forms (what RMLora runs) ------------------------------------------------------------------

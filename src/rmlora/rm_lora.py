@@ -58,7 +58,7 @@ class RMLora:
         for g in self.groups:  # every pair of a group shares R, but check names for the error message
             for p in g.pairs:
                 self.config.r_hat_for(p.rank, p.name)
-        self._keys = [
+        keys = [
             torch.tensor([module_key(p.name) for p in g.pairs], dtype=torch.int64, device=g.pairs[0].A.device)
             for g in self.groups
         ]
@@ -68,7 +68,7 @@ class RMLora:
         for gi, g in enumerate(self.groups):
             key = (g.rank, self._r_hat[gi], g.pairs[0].A.dtype, g.pairs[0].A.device)
             buckets.setdefault(key, []).append(gi)
-        self._buckets = [(gis, torch.cat([self._keys[gi] for gi in gis])) for gis in buckets.values()]
+        self._buckets = [(gis, torch.cat([keys[gi] for gi in gis])) for gis in buckets.values()]
         self._prepared_step: int | None = None
         self._snapshots: list[GroupSnapshot] = []
         # DeepSpeed ZeRO-3 leaves each rank an empty placeholder of every parameter outside forward
@@ -98,9 +98,8 @@ class RMLora:
             ) from None
         params = [t for p in self.pairs for t in (p.A, p.B)]
         with deepspeed.zero.GatheredParameters(params, fwd_module=self.model):
-            groups = group_pairs(self.pairs)
             cfg = self.config
-            return orthogonality_penalty(groups, cfg.reg_form, cfg.reg_reduction, cfg.reg_weight)
+            return orthogonality_penalty(self.groups, cfg.reg_form, cfg.reg_reduction, cfg.reg_weight)
 
     def add_penalty_gradient(self) -> None:
         """Add the penalty's gradient to the LoRA .grad in closed form (for RMLoraCallback)."""

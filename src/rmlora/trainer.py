@@ -166,12 +166,9 @@ class RMLoraTrainer(Trainer):
         super()._load_from_checkpoint(resume_from_checkpoint, model=model)
         if os.path.exists(os.path.join(resume_from_checkpoint, RMLORA_CONFIG_NAME)):
             saved = read_rmlora_state(resume_from_checkpoint)
-            if saved["config"] != self.rmlora.config.to_dict():
-                diff = {
-                    k: (v, self.rmlora.config.to_dict().get(k))
-                    for k, v in saved["config"].items()
-                    if self.rmlora.config.to_dict().get(k) != v
-                }
+            current = self.rmlora.config.to_dict()
+            if saved["config"] != current:
+                diff = {k: (v, current.get(k)) for k, v in saved["config"].items() if current.get(k) != v}
                 raise ConfigError(
                     f"the checkpoint {resume_from_checkpoint} was trained with other RM-LoRA settings "
                     f"(checkpoint, now): {json.dumps(diff)}; resume with the same settings"
