@@ -224,6 +224,41 @@ def test_isolated_cells_run_as_subprocesses_with_their_own_log(tmp_path, monkeyp
         Sweep(str(tmp_path / "failing"), cells, COMMON[:-1] + ["99"], isolate=True, progress=False).run()
 
 
+SIGTERM_PARENT_SCRIPT = """
+import os, sys
+import rmlora.compare as compare_mod
+from rmlora.compare import Sweep, build_grid
+child = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)"
+compare_mod.train_command = lambda argv: [sys.executable, "-c", child, sys.argv[2]]
+Sweep(sys.argv[1], build_grid(["lora"], [4], [0]), ["--model_name_or_path", "tiny", "--task_name", "rte"],
+      isolate=True, progress=False).run()
+"""
+
+
+def test_sigterm_of_an_isolated_sweep_stops_its_child(tmp_path):
+    """`kill <sweep pid>` (SIGTERM) must not leave the cell's training process running on its own."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    parent = subprocess.Popen([sys.executable, "-c", SIGTERM_PARENT_SCRIPT, str(tmp_path / "cmp"), str(pid_file)])
+    try:
+        deadline = time.time() + 300  # generous: on a loaded machine the imports alone can take a minute
+        while not (pid_file.exists() and pid_file.read_text()) and time.time() < deadline:
+            assert parent.poll() is None, "the sweep ended before its cell started"
+            time.sleep(0.1)
+        child = int(pid_file.read_text())
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=60) == 128 + signal.SIGTERM
+        with pytest.raises(ProcessLookupError):  # terminated and reaped by the sweep before it exited
+            os.kill(child, 0)
+        assert cells_of(str(tmp_path / "cmp" / "results.jsonl")) == []
+    finally:
+        parent.kill()
+
+
 # -- results.jsonl ------------------------------------------------------------------------------------
 
 def test_damaged_last_line_is_reported_skipped_and_dropped_on_append(tmp_path):
@@ -363,6 +398,7 @@ def test_tiny_end_to_end_grid(tmp_path, monkeypatch):
         "validation loss", "validation accuracy", "train accuracy (fixed train subset)",
         "generalization error (train − validation accuracy)"]
     assert all(ax.get_xlabel() == "epoch" for ax in axes)
+    assert [ax.get_ylabel() for ax in axes] == ["loss", "accuracy", "accuracy", "train accuracy − validation accuracy"]
     assert all(sorted(line.get_label() for line in ax.get_lines()) == ["LoRA R=4", "RM-LoRA R=4"] for ax in axes)
     assert all(list(line.get_xdata()) == [1.0, 2.0] for line in axes[0].get_lines())
 

@@ -92,6 +92,36 @@ def test_head_placement_caches_features_and_its_adapter_fits_the_full_model(tmp_
         assert r["test_generalization_error"] == pytest.approx(r["train_accuracy"] - r["test_accuracy"])
 
 
+def test_full_fine_tuning_of_the_head_alone_on_cached_features(tmp_path, monkeypatch):
+    """`--method full --lora_placement head` trains the classifier only; its head.safetensors, put into the
+    full model, scores the raw test images as the run reported."""
+    from safetensors.torch import load_file
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    tmp_env(monkeypatch, tmp_path)
+    vit = save_vit(str(tmp_path / "vit"))
+    result = run_train([
+        "--model_name_or_path", vit, "--task_name", "image", "--data_dir", IMAGES, "--lora_placement", "head",
+        "--method", "full", "--num_train_epochs", "2", "--learning_rate", "5e-2",
+        "--feature_cache_dir", str(tmp_path / "features")], tmp_path / "full")
+    assert result["feature_cache"]["head"] == "classifier"
+    assert result["param_counts"]["trainable"] == 32 * 3 + 3  # the 32 -> 3 classifier, nothing else
+    assert not (tmp_path / "full" / "model.safetensors").exists()
+    head = load_file(str(tmp_path / "full" / "head.safetensors"))
+    assert sorted(head) == ["classifier.bias", "classifier.weight"]
+
+    model = AutoModelForImageClassification.from_pretrained(vit).eval()
+    assert not torch.equal(model.classifier.weight, head["classifier.weight"])  # it trained
+    model.load_state_dict(head, strict=False)
+    images, labels = _folder_images("test")
+    processor = AutoImageProcessor.from_pretrained(str(tmp_path / "full"))
+    with torch.no_grad():
+        logits = model(**processor(images, return_tensors="pt")).logits
+    assert result["metrics"]["test_accuracy"] == pytest.approx((logits.argmax(-1).numpy() == np.array(labels)).mean())
+    assert result["metrics"]["test_loss"] == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, torch.tensor(labels)).item(), rel=1e-4)
+
+
 def test_fashion_mnist_idx_with_lora_on_all_layers_and_resized_images(tmp_path, monkeypatch):
     tmp_env(monkeypatch, tmp_path)
     vit = save_vit(str(tmp_path / "vit"))

@@ -3,6 +3,8 @@
 import json
 import os
 
+import numpy as np
+
 import pytest
 from fixtures.tiny_models import FIXTURES, read_jsonl, run_train, save_text_model, tmp_env
 from transformers import TrainerControl, TrainerState, TrainingArguments
@@ -125,6 +127,23 @@ def test_plot_curves_writes_png_and_svg_for_runs_and_seeds(tmp_path):
         assert title in svg
 
 
+def test_plot_curves_gives_every_label_its_own_colour_beyond_ten(tmp_path, monkeypatch):
+    """13 labels (5 methods x 3 ranks): matplotlib's default 10-colour cycle would draw two of them alike."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_hex
+
+    from rmlora.figures import plot_curves
+
+    closed = []
+    real_close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (closed.append(fig), real_close(fig)))
+    history = [{"epoch": e, "test_loss": 1.0, "test_accuracy": 0.5, "train_accuracy": 0.6, "test_generalization_error": 0.1}
+               for e in (1, 2)]
+    plot_curves({f"label {i}": history for i in range(13)}, str(tmp_path / "curves"))
+    for ax in closed[0].axes:
+        assert len({to_hex(line.get_color()) for line in ax.get_lines()}) == 13
+
+
 def test_demo_without_assets_says_to_run_setup(monkeypatch, capsys):
     real = demo.importlib.util.find_spec
     assets = {demo.MODEL_PATH[0], demo.TWEETS_PATH[0]}
@@ -193,6 +212,20 @@ def test_baselines_train_through_the_cli_with_their_own_flags(method, tmp_path, 
     # both keep fewer parameters at inference than they train (AdaLoRA's pruned triplets, SoRA's gates)
     assert counts["inference"] < counts["trainable"]
     assert (tmp_path / "out" / "adapter_config.json").exists()
+    assert (tmp_path / "out" / "diagnostics.json").exists()
+    if method == "adalora":
+        # against the saved adapter loaded by plain PEFT: the numerical rank of each get_delta_weight (dense SVD)
+        from peft import PeftModel
+        from transformers import AutoModelForSequenceClassification
+
+        model = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(bert), str(tmp_path / "out"))
+        deltas = [module.get_delta_weight("default").detach().numpy()
+                  for module in model.modules() if hasattr(module, "lora_E") and "default" in module.lora_E]
+        # numpy's rule (σ_max · max(shape) · eps) at float32, the precision ΔW is computed in
+        ranks = [np.linalg.matrix_rank(dw, tol=np.linalg.svd(dw, compute_uv=False)[0] * max(dw.shape) * np.finfo(np.float32).eps)
+                 for dw in deltas]
+        assert ranks and max(ranks) <= 6
+        assert m["diagnostics"]["mean_rank"] == pytest.approx(np.mean(ranks))
 
 
 def test_placements_find_the_head_and_peft_defaults_that_exist():

@@ -26,11 +26,14 @@ output then goes to runs/<cell>/train.log and the bar shows the epochs done.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -359,7 +362,7 @@ class Sweep:
     def _subprocess(self, cell: Cell, argv: list[str], bar) -> int:
         command = train_command(argv)
         history = os.path.join(self.run_dir(cell), HISTORY_NAME)
-        with open(os.path.join(self.run_dir(cell), "train.log"), "w", encoding="utf-8") as log:
+        with open(os.path.join(self.run_dir(cell), "train.log"), "w", encoding="utf-8") as log, _sigterm_unwinds():
             proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
             try:
                 while True:
@@ -374,6 +377,25 @@ class Sweep:
                         proc.wait(timeout=30)
                     except subprocess.TimeoutExpired:
                         proc.kill()
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    """SIGTERM's default action ends Python at once, without running `finally`, which would leave an isolated
+    cell's child training on; while a child runs, SIGTERM raises SystemExit(143) instead, so the `finally`
+    above stops the child first. Only the main thread may set handlers; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def unwind(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, unwind)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _count_lines(path: str) -> int:

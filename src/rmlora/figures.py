@@ -63,22 +63,27 @@ def plot_curves(histories: dict, path_without_ext: str, metric: str | None = Non
     where = "test" if split == "test" else "validation"
     gen_key = "test_generalization_error" if split == "test" else "generalization_error"
     panels = [
-        (f"{split}_loss", f"{where} loss"),
-        (f"{split}_{metric}", f"{where} {metric}"),
-        (f"train_{metric}", f"train {metric} (fixed train subset)"),
-        (gen_key, f"generalization error (train − {where} {metric})"),
+        (f"{split}_loss", f"{where} loss", "loss"),
+        (f"{split}_{metric}", f"{where} {metric}", metric),
+        (f"train_{metric}", f"train {metric} (fixed train subset)", metric),
+        (gen_key, f"generalization error (train − {where} {metric})", f"train {metric} − {where} {metric}"),
     ]
+    # matplotlib's default cycle repeats after 10 colours: a 13-line grid (5 methods x 3 ranks) would draw two
+    # labels alike, so larger figures take tab20's 20 colours
+    palette = plt.get_cmap("tab20").colors if len(runs_by_label) > 10 else plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = {name: palette[i % len(palette)] for i, name in enumerate(runs_by_label)}
     fig, axes = plt.subplots(1, 4, figsize=(18, 4.2))
-    for ax, (key, label) in zip(axes, panels):
+    for ax, (key, label, ylabel) in zip(axes, panels):
         for name, runs in runs_by_label.items():
             epochs, mean, std = _series(runs, key)
             if not len(epochs):
                 continue
-            (line,) = ax.plot(epochs, mean, marker="o", markersize=3, label=name)
+            (line,) = ax.plot(epochs, mean, marker="o", markersize=3, label=name, color=colors[name])
             if np.any(std > 0):
                 ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
         ax.set_title(label)
         ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()

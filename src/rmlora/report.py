@@ -325,9 +325,11 @@ def _figures(output_dir: str, runs: Sequence[dict], base: str, suffix: str) -> t
 
     notes: list[str] = []
     histories: dict[str, list[list[dict]]] = {}
+    rank_of_label: dict[str, int | None] = {}
     spectra_runs = []
     for (method, rank), seeds in rows_of(runs):
         label = row_label((method, rank), seeds)
+        rank_of_label[label] = rank
         for record in seeds:
             run_dir = _run_dir(output_dir, record)
             history = read_history(run_dir)
@@ -344,6 +346,11 @@ def _figures(output_dir: str, runs: Sequence[dict], base: str, suffix: str) -> t
         from .figures import plot_curves
 
         files += plot_curves(histories, os.path.join(base, f"curves{suffix}"))
+        ranks = sorted({r for r in rank_of_label.values() if r is not None})
+        if len(ranks) > 1:  # one figure per R as well (rank-free rows such as full FT in each): easier to read
+            for r in ranks:
+                subset = {label: h for label, h in histories.items() if rank_of_label[label] in (r, None)}
+                files += plot_curves(subset, os.path.join(base, f"curves{suffix}-R{r}"), title=f"R = {r}")
     files += plot_spectra(spectra_runs, os.path.join(base, f"spectra{suffix}"))
     return files, notes
 

@@ -137,12 +137,12 @@ def versions() -> dict:
 
 
 def _diagnose(model, method: str):
-    """ΔW diagnostics of a model in training: the LoRA variants only.
+    """ΔW diagnostics of a model in training: the LoRA variants and AdaLoRA (ΔW = B (A ⊙ E) · scaling / ranknum).
 
-    SoRA's ΔW includes its gates and AdaLoRA's is P Λ Q, which rmlora.diagnostics does not read from a
-    model in training; SoRA's exported adapter (gates folded into B) is diagnosed after export instead.
+    SoRA's ΔW includes its gates, which rmlora.diagnostics does not read from a model in training; SoRA's
+    exported adapter (gates folded into B) is diagnosed after export instead.
     """
-    if method not in LORA_METHODS:
+    if method not in LORA_METHODS and method != "adalora":
         return None
     from ..diagnostics import diagnose_model
 
