@@ -94,5 +94,17 @@ def randomize_lora_b(model, seed: int = 0):
 
 
 @pytest.fixture
+def closed_figures(monkeypatch):
+    """The figures closed through matplotlib.pyplot.close during the test (rmlora.figures closes what it
+    draws), kept here so that a test can look at their axes and lines."""
+    import matplotlib.pyplot as plt
+
+    closed = []
+    real_close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (closed.append(fig), real_close(fig)))
+    return closed
+
+
+@pytest.fixture
 def bert_lora():
     return peft_bert()

@@ -348,20 +348,15 @@ def test_cli_compare_then_report_rebuilds_from_results(tmp_path, monkeypatch, ca
 RTE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "glue", "rte")
 
 
-def test_tiny_end_to_end_grid(tmp_path, monkeypatch):
+def test_tiny_end_to_end_grid(tmp_path, monkeypatch, closed_figures):
     """2 methods × 1 rank × 2 seeds of `rmlora train` on a tiny BERT, then the report; a rerun trains nothing."""
     import time
 
-    import matplotlib.pyplot as plt
     from fixtures.tiny_models import save_text_model, tmp_env
 
     tmp_env(monkeypatch, tmp_path)
     model = save_text_model(str(tmp_path / "tiny-bert"))
     out = str(tmp_path / "cmp")
-    # figures.plot_curves closes its figure through pyplot: keep it to look at its panels
-    closed = []
-    real_close = plt.close
-    monkeypatch.setattr(plt, "close", lambda fig=None: (closed.append(fig), real_close(fig)))
     argv = [
         "compare", "--output_dir", out, "--methods", "lora", "rm-lora", "--ranks", "4", "--seeds", "0", "1", "--no_progress",
         "--model_name_or_path", model, "--task_name", "rte", "--train_file", os.path.join(RTE, "train.tsv"),
@@ -391,7 +386,7 @@ def test_tiny_end_to_end_grid(tmp_path, monkeypatch):
     for name in ("curves.png", "curves.svg", "spectra.png", "spectra.svg"):
         assert os.path.getsize(os.path.join(out, "figures", name)) > 1000
 
-    curves = [fig for fig in closed if fig is not None and len(fig.axes) == 4]
+    curves = [fig for fig in closed_figures if fig is not None and len(fig.axes) == 4]
     assert len(curves) == 1
     axes = curves[0].axes
     assert [ax.get_title() for ax in axes] == [

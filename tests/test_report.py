@@ -148,12 +148,7 @@ def test_spectra_figure_one_panel_per_rank_and_labels():
     assert spectra_figure([("Full FT", None, {})]) is None
 
 
-def test_write_report_from_a_folder(tmp_path, glue_records, monkeypatch):
-    import matplotlib.pyplot as plt
-
-    closed = []  # figures.plot_curves closes its figures through pyplot: keep them to look at their lines
-    real_close = plt.close
-    monkeypatch.setattr(plt, "close", lambda fig=None: (closed.append(fig), real_close(fig)))
+def test_write_report_from_a_folder(tmp_path, glue_records, closed_figures):
     out = str(tmp_path)
     for r in glue_records:
         run_dir = os.path.join(out, "runs", r["cell"])
@@ -176,7 +171,7 @@ def test_write_report_from_a_folder(tmp_path, glue_records, monkeypatch):
     assert open(os.path.join(out, "figures", "spectra.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert "![spectra](figures/spectra.png)" in text
     # two ranks: the curves of all rows, then one figure per R with that R's rows and full FT
-    curves = [fig for fig in closed if fig is not None and len(fig.axes) == 4]
+    curves = [fig for fig in closed_figures if fig is not None and len(fig.axes) == 4]
     labels = [sorted(line.get_label() for line in fig.axes[0].get_lines()) for fig in curves]
     assert labels == [["Full FT", "LoRA R=4", "LoRA R=8", "RM-LoRA R=8"], ["Full FT", "LoRA R=4"], ["Full FT", "LoRA R=8", "RM-LoRA R=8"]]
     assert [fig._suptitle.get_text() if fig._suptitle else None for fig in curves] == [None, "R = 4", "R = 8"]

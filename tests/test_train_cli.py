@@ -127,20 +127,16 @@ def test_plot_curves_writes_png_and_svg_for_runs_and_seeds(tmp_path):
         assert title in svg
 
 
-def test_plot_curves_gives_every_label_its_own_colour_beyond_ten(tmp_path, monkeypatch):
+def test_plot_curves_gives_every_label_its_own_colour_beyond_ten(tmp_path, closed_figures):
     """13 labels (5 methods x 3 ranks): matplotlib's default 10-colour cycle would draw two of them alike."""
-    import matplotlib.pyplot as plt
     from matplotlib.colors import to_hex
 
     from rmlora.figures import plot_curves
 
-    closed = []
-    real_close = plt.close
-    monkeypatch.setattr(plt, "close", lambda fig=None: (closed.append(fig), real_close(fig)))
     history = [{"epoch": e, "test_loss": 1.0, "test_accuracy": 0.5, "train_accuracy": 0.6, "test_generalization_error": 0.1}
                for e in (1, 2)]
     plot_curves({f"label {i}": history for i in range(13)}, str(tmp_path / "curves"))
-    for ax in closed[0].axes:
+    for ax in closed_figures[0].axes:
         assert len({to_hex(line.get_color()) for line in ax.get_lines()}) == 13
 
 
