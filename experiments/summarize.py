@@ -1,17 +1,24 @@
-"""Markdown summary of a merged comparison folder: per method x R the test accuracy, train accuracy,
-generalization error (train - test accuracy), ΔW rank / orthogonality loss / effective rank, wall time
-(mean ± sample std over seeds), and RM-LoRA (and R-/GM-LoRA) minus LoRA per seed.
+"""Markdown summary of a merged comparison folder: per method x R the test accuracy, test loss, train accuracy,
+generalization error (train - test accuracy), ΔW rank / orthogonality loss / effective rank / largest singular
+value (median over the adapted modules), wall time (mean ± sample std over seeds), and every method minus LoRA
+per seed; with --epochs, the mean test accuracy at those epochs (from each run's history.jsonl).
 
-    python experiments/summarize.py experiments/out/<comparison>/merged
+    python experiments/summarize.py experiments/out/<comparison>/merged [--epochs 40,50,60]
 """
-import json, statistics as st, sys
+import argparse, json, os, statistics as st
 from collections import defaultdict
 
-rows = [json.loads(l) for l in open(sys.argv[1] + "/results.jsonl") if l.strip()]
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("folder", help="a comparison folder with results.jsonl and runs/")
+parser.add_argument("--epochs", default="", help="comma-separated epochs for the test-accuracy-by-epoch table")
+args = parser.parse_args()
+
+rows = [json.loads(l) for l in open(os.path.join(args.folder, "results.jsonl")) if l.strip()]
 order = ["full", "lora", "adalora", "sora", "r-lora", "gm-lora", "rm-lora"]
 groups = defaultdict(dict)
 for r in rows:
     groups[(r["method"], r.get("rank"))][r["seed"]] = r
+keys = sorted(groups, key=lambda k: (k[1] or 0, order.index(k[0])))
 
 def ms(xs, fmt="{:.3f}"):
     xs = [x for x in xs if x is not None]
@@ -19,36 +26,62 @@ def ms(xs, fmt="{:.3f}"):
         return "–"
     return fmt.format(st.mean(xs)) + (" ± " + fmt.replace("+", "").format(st.stdev(xs)) if len(xs) > 1 else "")
 
+def run_file(r, name):
+    return os.path.join(args.folder, r.get("run_dir") or os.path.join("runs", r["cell"]), name)
+
 def get(r, k):
     m = r["metrics"]
     if k in m:
         return m[k]
+    if k == "median_sigma_max":  # read from the run's diagnostics.json (the record keeps only the summary)
+        path = run_file(r, "diagnostics.json")
+        if not os.path.exists(path):
+            return None
+        return st.median(mod["singular_values"][0] for mod in json.load(open(path))["modules"])
     d = r.get("diagnostics") or {}
     return d.get(k)
 
-print("| Method | R | seeds | test acc | train acc | gen. error (train − test) | rank ΔW | orth. loss ΔW | eff. rank ΔW | wall s/run |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-for key in sorted(groups, key=lambda k: (k[1] or 0, order.index(k[0]))):
-    g = groups[key]; rs = list(g.values())
-    print(f"| {key[0]} | {key[1] if key[1] else '–'} | {len(rs)} | {ms([get(r,'test_accuracy') for r in rs])} | "
-          f"{ms([get(r,'train_accuracy') for r in rs])} | {ms([get(r,'test_generalization_error') for r in rs])} | "
-          f"{ms([get(r,'mean_rank') for r in rs], '{:.2f}')} | {ms([get(r,'mean_orthogonality_loss') for r in rs], '{:.1f}')} | "
-          f"{ms([get(r,'mean_effective_rank') for r in rs], '{:.2f}')} | {ms([r['wall_time_s'] for r in rs], '{:.0f}')} |")
+print("| Method | R | seeds | test acc | test loss | train acc | gen. error (train − test) | rank ΔW | orth. loss ΔW | eff. rank ΔW | σ₁ ΔW (median over modules) | wall s/run |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for key in keys:
+    rs = list(groups[key].values())
+    col = lambda k, fmt="{:.3f}": ms([get(r, k) for r in rs], fmt)
+    print(f"| {key[0]} | {key[1] if key[1] else '–'} | {len(rs)} | {col('test_accuracy')} | {col('test_loss')} | "
+          f"{col('train_accuracy')} | {col('test_generalization_error')} | {col('mean_rank', '{:.2f}')} | "
+          f"{col('mean_orthogonality_loss', '{:.1f}')} | {col('mean_effective_rank', '{:.2f}')} | "
+          f"{col('median_sigma_max', '{:.3f}')} | {ms([r['wall_time_s'] for r in rs], '{:.0f}')} |")
 
 print()
-print("Paired differences against LoRA at the same R and seed (test accuracy, in points; mean ± sample std over seeds; "
-      "'std LoRA' is LoRA's own seed std):")
+print("Paired differences against LoRA at the same R and seed (in points; mean ± sample std over seeds, then per seed; "
+      "'std LoRA' is LoRA's own seed std of test accuracy):")
 print()
-print("| Method − LoRA | R | seeds | Δ test acc (pts) | per seed | std LoRA (pts) | Δ gen. error (pts) |")
-print("|---|---:|---:|---:|---|---:|---:|")
-for key in sorted(groups, key=lambda k: (k[1] or 0, order.index(k[0]))):
+print("| Method − LoRA | R | seeds | Δ test acc (pts) | per seed | std LoRA (pts) | Δ gen. error (pts) | per seed |")
+print("|---|---:|---:|---:|---|---:|---:|---|")
+for key in keys:
     m, R = key
     if m in ("lora", "full") or ("lora", R) not in groups:
         continue
     base = groups[("lora", R)]
     seeds = sorted(set(groups[key]) & set(base))
-    d = [100 * (get(groups[key][s], "test_accuracy") - get(base[s], "test_accuracy")) for s in seeds]
-    dg = [100 * (get(groups[key][s], "test_generalization_error") - get(base[s], "test_generalization_error")) for s in seeds]
+    diff = lambda k: [100 * (get(groups[key][s], k) - get(base[s], k)) for s in seeds]
+    d, dg = diff("test_accuracy"), diff("test_generalization_error")
     sl = [100 * get(base[s], "test_accuracy") for s in base]
     print(f"| {m} | {R} | {len(seeds)} | {ms(d, '{:+.2f}')} | {', '.join(f'{x:+.1f}' for x in d)} | "
-          f"{ms(sl, '{:.2f}').split(' ± ')[-1] if len(sl) > 1 else '–'} | {ms(dg, '{:+.2f}')} |")
+          f"{ms(sl, '{:.2f}').split(' ± ')[-1] if len(sl) > 1 else '–'} | {ms(dg, '{:+.2f}')} | "
+          f"{', '.join(f'{x:+.1f}' for x in dg)} |")
+
+if args.epochs:
+    epochs = [int(e) for e in args.epochs.split(",")]
+    print()
+    print("Test accuracy at epoch (mean over seeds, from history.jsonl):")
+    print()
+    print("| Method | R | " + " | ".join(f"epoch {e}" for e in epochs) + " |")
+    print("|---|---:|" + "---:|" * len(epochs))
+    for key in keys:
+        at = defaultdict(list)
+        for r in groups[key].values():
+            for h in map(json.loads, filter(str.strip, open(run_file(r, "history.jsonl")))):
+                if round(h["epoch"]) in epochs and "test_accuracy" in h:
+                    at[round(h["epoch"])].append(h["test_accuracy"])
+        print(f"| {key[0]} | {key[1] if key[1] else '–'} | " + " | ".join(
+            f"{st.mean(at[e]):.3f}" if at[e] else "–" for e in epochs) + " |")
