@@ -34,10 +34,10 @@ def main() -> int:
                         help="also count the top-level aten operator calls of one step's hooks (a proxy for GPU kernel launches)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    import rmlora
     from peft import LoraConfig, get_peft_model
 
-    from rmlora.benchmark import build_base_model
+    import rmlora
+    from rmlora.bench.benchmark import build_base_model
 
     impls = {"other": load_package(args.other, "rmlora_other"), "this": rmlora}
     model = get_peft_model(build_base_model("gpt2-small", args.layers),

@@ -4,12 +4,12 @@
     python bench/step_time.py --model bert-base    # on a GPU: full depth, batch 16 x 512
     python bench/step_time.py --help
 
-The logic lives in rmlora.benchmark so that the installed package has it; results: docs/PERFORMANCE.md.
+The logic lives in rmlora.bench.benchmark so that the installed package has it; results: docs/PERFORMANCE.md.
 """
 
 import sys
 
-from rmlora.benchmark import main
+from rmlora.bench.benchmark import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,7 +6,11 @@ Ties go to the smaller reg_weight, then the smaller r_hat. Never reads a test me
 
     python experiments/choose_hp.py GRID_DIR      # prints "REG_WEIGHT R_HAT"; the grid table goes to stderr
 """
-import glob, json, os, statistics, sys
+import glob
+import json
+import os
+import statistics
+import sys
 
 grid = []
 for path in glob.glob(os.path.join(sys.argv[1], "rw*_rh*", "results.jsonl")):

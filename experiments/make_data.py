@@ -7,7 +7,11 @@ fmnist_attn/: imagefolder train/ (720) validation/ (80) test/ (500), for experim
 tweets/: tweets_trainpool.csv and tweets_test.csv: the tweet CSV split once (seed 1234) into a held-apart
 test file (1000 rows) and the rest; rmlora train subsamples / carves validation from the pool.
 """
-import gzip, os, sys, importlib.util
+import gzip
+import importlib.util
+import os
+import sys
+
 import numpy as np
 import pandas as pd
 from PIL import Image

@@ -5,7 +5,10 @@ per seed; with --epochs, the mean test accuracy at those epochs (from each run's
 
     python experiments/summarize.py experiments/out/<comparison>/merged [--epochs 40,50,60]
 """
-import argparse, json, os, statistics as st
+import argparse
+import json
+import os
+import statistics as st
 from collections import defaultdict
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -45,7 +48,8 @@ print("| Method | R | seeds | test acc | test loss | train acc | gen. error (tra
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for key in keys:
     rs = list(groups[key].values())
-    col = lambda k, fmt="{:.3f}": ms([get(r, k) for r in rs], fmt)
+    def col(k, fmt="{:.3f}"):
+        return ms([get(r, k) for r in rs], fmt)
     print(f"| {key[0]} | {key[1] if key[1] else '–'} | {len(rs)} | {col('test_accuracy')} | {col('test_loss')} | "
           f"{col('train_accuracy')} | {col('test_generalization_error')} | {col('mean_rank', '{:.2f}')} | "
           f"{col('mean_orthogonality_loss', '{:.1f}')} | {col('mean_effective_rank', '{:.2f}')} | "
@@ -63,7 +67,8 @@ for key in keys:
         continue
     base = groups[("lora", R)]
     seeds = sorted(set(groups[key]) & set(base))
-    diff = lambda k: [100 * (get(groups[key][s], k) - get(base[s], k)) for s in seeds]
+    def diff(k):
+        return [100 * (get(groups[key][s], k) - get(base[s], k)) for s in seeds]
     d, dg = diff("test_accuracy"), diff("test_generalization_error")
     sl = [100 * get(base[s], "test_accuracy") for s in base]
     print(f"| {m} | {R} | {len(seeds)} | {ms(d, '{:+.2f}')} | {', '.join(f'{x:+.1f}' for x in d)} | "

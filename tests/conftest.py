@@ -95,7 +95,7 @@ def randomize_lora_b(model, seed: int = 0):
 
 @pytest.fixture
 def closed_figures(monkeypatch):
-    """The figures closed through matplotlib.pyplot.close during the test (rmlora.figures closes what it
+    """The figures closed through matplotlib.pyplot.close during the test (rmlora.harness.plots.curves closes what it
     draws), kept here so that a test can look at their axes and lines."""
     import matplotlib.pyplot as plt
 

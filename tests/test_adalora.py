@@ -7,11 +7,11 @@ import os
 
 import pytest
 import torch
-from conftest import tiny_bert, token_batch
 
+from conftest import tiny_bert, token_batch
 from rmlora import ConfigError, RMLoraConfig, RMLoraTrainer
-from rmlora.adalora import AdaLoraArguments, AdaLoraMethod
-from rmlora.methods import LoraArguments, prepare_model
+from rmlora.methods.adalora import AdaLoraArguments, AdaLoraMethod
+from rmlora.methods.base import LoraArguments, prepare_model
 
 ADALORA = RMLoraConfig(method="adalora")
 LORA = LoraArguments(lora_alpha=8, target_modules="query,value", modules_to_save="classifier")
@@ -156,7 +156,7 @@ def test_a_run_too_short_for_the_schedule_and_a_non_adalora_model_raise():
 
 
 def test_state_round_trips_through_disk_into_a_fresh_model(tmp_path):
-    from rmlora.saving import read_rmlora_state, write_rmlora_state
+    from rmlora.io.adapters import read_rmlora_state, write_rmlora_state
 
     model, args = adalora_model(init_r=4, target_r=2)
     trainer = _trainer(model, str(tmp_path / "run"), {"adalora": args}, steps=10)

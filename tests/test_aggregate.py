@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from rmlora.aggregate import best_rows, group_by, higher_is_better, mean_std, metric_names, split_of
+from rmlora.harness.aggregate import best_rows, group_by, higher_is_better, mean_std, metric_names, split_of
 
 
 def test_mean_and_sample_std_by_hand():

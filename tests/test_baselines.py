@@ -7,14 +7,14 @@ import os
 
 import pytest
 import torch
-from conftest import tiny_bert, token_batch
 
+from conftest import tiny_bert, token_batch
 from rmlora import RMLoraConfig, RMLoraTrainer
-from rmlora.adalora import AdaLoraArguments
 from rmlora.config import METHODS
-from rmlora.methods import LoraArguments, build_training_method, prepare_model
-from rmlora.param_counts import format_count, format_param_counts
-from rmlora.sora import SoraArguments
+from rmlora.methods.adalora import AdaLoraArguments
+from rmlora.methods.base import LoraArguments, build_training_method, prepare_model
+from rmlora.methods.param_counts import format_count, format_param_counts
+from rmlora.methods.sora import SoraArguments
 
 R = 4
 LORA = LoraArguments(lora_r=R, lora_alpha=8, target_modules="query,value", modules_to_save="classifier")

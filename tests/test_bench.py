@@ -11,10 +11,10 @@ import json
 
 import pytest
 import torch
-from conftest import peft_bert, token_batch, tiny_gpt2
 
+from conftest import peft_bert, tiny_gpt2, token_batch
 from rmlora import RMLora, RMLoraConfig
-from rmlora.benchmark import (
+from rmlora.bench.benchmark import (
     ANCHOR,
     METHODS,
     BenchArguments,
@@ -26,7 +26,7 @@ from rmlora.benchmark import (
     main,
     run_benchmark,
 )
-from rmlora.directions import STREAM_A, STREAM_B, module_key, select_directions
+from rmlora.core.directions import STREAM_A, STREAM_B, module_key, select_directions
 
 
 def tiny_args(**kw):

@@ -11,12 +11,12 @@ import os
 
 import pytest
 
-import rmlora.compare as compare_mod
-from rmlora.atomic import write_json
+import rmlora.harness.compare as compare_mod
 from rmlora.cli.main import main as rmlora_main
-from rmlora.compare import Cell, Sweep, build_grid, cell_args, cell_ranks, flag_map, parse_overrides
 from rmlora.errors import ConfigError, DataError
-from rmlora.results import append_result, read_results
+from rmlora.harness.compare import Cell, Sweep, build_grid, cell_args, cell_ranks, flag_map, parse_overrides
+from rmlora.io.atomic import write_json
+from rmlora.io.run_files import append_result, read_results
 
 COMMON = ["--model_name_or_path", "tiny", "--task_name", "rte", "--num_train_epochs", "2"]
 
@@ -226,8 +226,8 @@ def test_isolated_cells_run_as_subprocesses_with_their_own_log(tmp_path, monkeyp
 
 SIGTERM_PARENT_SCRIPT = """
 import os, sys
-import rmlora.compare as compare_mod
-from rmlora.compare import Sweep, build_grid
+import rmlora.harness.compare as compare_mod
+from rmlora.harness.compare import Sweep, build_grid
 child = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)"
 compare_mod.train_command = lambda argv: [sys.executable, "-c", child, sys.argv[2]]
 Sweep(sys.argv[1], build_grid(["lora"], [4], [0]), ["--model_name_or_path", "tiny", "--task_name", "rte"],
@@ -292,7 +292,7 @@ def test_a_kill_during_append_leaves_the_old_file(tmp_path, monkeypatch):
     def killed(src, dst):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("rmlora.atomic.os.replace", killed)
+    monkeypatch.setattr("rmlora.io.atomic.os.replace", killed)
     with pytest.raises(KeyboardInterrupt):
         append_result(path, {"cell": "b", "method": "lora", "seed": 0, "metrics": {}})
     assert open(path).read() == before

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import peft_bert, tiny_bert, tiny_gpt2
 
+from conftest import peft_bert, tiny_bert, tiny_gpt2
 from rmlora import AdapterError, diagnose, diagnose_adapter, diagnose_model
 from rmlora.cli.main import main as cli
 
@@ -38,6 +38,7 @@ def test_matches_dense_svd(kind):
         model = peft_bert(r=4, rank_pattern={"value": 2})
     else:
         from peft import LoraConfig, get_peft_model
+
         from conftest import randomize_lora_b
 
         model = get_peft_model(tiny_gpt2(), LoraConfig(r=4, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True))
@@ -89,7 +90,8 @@ def test_adapter_dir_equals_model_and_inspect_cli(tmp_path, capsys):
     model.save_pretrained(tmp_path)
     from_model = diagnose(model).to_dict()
     from_dir = diagnose(str(tmp_path)).to_dict()
-    strip = lambda name: name.replace("base_model.model.", "")
+    def strip(name):
+        return name.replace("base_model.model.", "")
     for a, b in zip(from_model["modules"], from_dir["modules"]):
         assert strip(a["module"]) == strip(b["module"])
         np.testing.assert_allclose(a["singular_values"], b["singular_values"], rtol=1e-9)
@@ -119,10 +121,9 @@ def test_bad_adapter_dirs(tmp_path, capsys):
 def test_sora_gated_model_diagnostics_fold_the_gate(tmp_path):
     """A live SoRA model's ΔW is scaling·B·diag(g)·A: it must equal the exported (folded, pruned) adapter's."""
     from conftest import randomize_lora_b
-
     from rmlora import RMLoraConfig
-    from rmlora.methods import LoraArguments, build_training_method, prepare_model
-    from rmlora.sora import SoraArguments
+    from rmlora.methods.base import LoraArguments, build_training_method, prepare_model
+    from rmlora.methods.sora import SoraArguments
 
     cfg = RMLoraConfig(method="sora")
     settings = {"sora": SoraArguments(), "total_steps": 1, "learning_rate": 1e-3}
@@ -135,7 +136,8 @@ def test_sora_gated_model_diagnostics_fold_the_gate(tmp_path):
     live = diagnose_model(model)
     method.export(str(tmp_path))
     exported = diagnose_adapter(str(tmp_path))
-    strip = lambda name: name.replace("base_model.model.", "")
+    def strip(name):
+        return name.replace("base_model.model.", "")
     by_name = {strip(m.module): m for m in exported.modules}
     for m in live.modules:
         e = by_name[strip(m.module)]

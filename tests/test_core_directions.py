@@ -4,8 +4,8 @@ import subprocess
 import sys
 
 import torch
-from conftest import peft_bert
 
+from conftest import peft_bert
 from rmlora import RMLora, RMLoraConfig
 
 

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from conftest import peft_bert, token_batch
 
+from conftest import peft_bert, token_batch
 from rmlora import RMLora, RMLoraConfig
 
 

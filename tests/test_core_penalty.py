@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from conftest import peft_bert, tiny_gpt2
 
+from conftest import peft_bert, tiny_gpt2
 from rmlora import RMLora, RMLoraConfig, find_lora_pairs
 
 

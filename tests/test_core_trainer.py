@@ -4,10 +4,10 @@ import os
 
 import pytest
 import torch
-from conftest import image_batch, peft_bert, tiny_bert, tiny_gpt2, tiny_llama, tiny_vit, token_batch
 from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
+from conftest import image_batch, peft_bert, tiny_bert, tiny_gpt2, tiny_llama, tiny_vit, token_batch
 from rmlora import ConfigError, RMLoraCallback, RMLoraConfig, RMLoraTrainer
 
 

@@ -4,8 +4,7 @@ import math
 
 import pytest
 
-from rmlora.metrics import accuracy, exact_match, f1, glue_metrics, normalize_answer, squad_metrics
-
+from rmlora.tasks.metrics import accuracy, exact_match, f1, glue_metrics, normalize_answer, squad_metrics
 
 # -- SQuAD v1.1 normalization (evaluate-v1.1.py: lower, strip punctuation, drop a/an/the, squeeze spaces) --
 

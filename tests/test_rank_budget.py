@@ -9,12 +9,10 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_bert, tiny_gpt2
 from peft import LoraConfig, get_peft_model
 
-from rmlora.cli.main import main as cli_main
-from rmlora.errors import AdapterError, ConfigError
-from rmlora.rank_budget import (
+from conftest import tiny_bert, tiny_gpt2
+from rmlora.analysis.rank_budget import (
     bound_term,
     discrepancy_singular_values,
     layer_type,
@@ -23,6 +21,8 @@ from rmlora.rank_budget import (
     rank_for_error,
     relative_error,
 )
+from rmlora.cli.main import main as cli_main
+from rmlora.errors import AdapterError, ConfigError
 
 
 def truncated(E: np.ndarray, R: int) -> np.ndarray:
@@ -189,7 +189,7 @@ def test_target_modules_filter(bert_pair):
 
 
 def test_from_pretrained_fallback_reads_the_same_weights(bert_pair, monkeypatch):
-    import rmlora.rank_budget as rb
+    import rmlora.analysis.rank_budget as rb
 
     base, target, E = bert_pair
     monkeypatch.setattr(rb, "_safetensors_files", lambda path: None)

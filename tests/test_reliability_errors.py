@@ -2,13 +2,13 @@
 
 import pytest
 import torch
-from conftest import peft_bert, tiny_bert, tiny_gpt2, token_batch
 from datasets import Dataset
 from transformers import TrainingArguments
 
+from conftest import peft_bert, tiny_bert, tiny_gpt2, token_batch
 from rmlora import AdapterError, ConfigError, NoLoraPairsError, RMLora, RMLoraConfig, RMLoraTrainer, load_adapter
 from rmlora.errors import NonFiniteLossError, RMLoraError
-from rmlora.methods import LoraArguments, prepare_model
+from rmlora.methods.base import LoraArguments, prepare_model
 
 
 def one_line(e):

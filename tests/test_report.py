@@ -8,9 +8,9 @@ import os
 import pytest
 
 from rmlora.errors import DataError
-from rmlora.report import format_count, render, table1, table5, table_qa, write_report
-from rmlora.results import append_result
-from rmlora.spectra import run_spectrum, spectra_figure
+from rmlora.harness.plots.spectra import run_spectrum, spectra_figure
+from rmlora.harness.report import format_count, render, table1, table5, table_qa, write_report
+from rmlora.io.run_files import append_result
 
 
 def record(method, rank, seed, metrics, params=(1_260_000, 1_260_000), mean_rank=None, orth=None, task="rte", ranks=None):

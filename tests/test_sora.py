@@ -9,11 +9,11 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_bert, tiny_gpt2, token_batch
 
+from conftest import tiny_bert, tiny_gpt2, token_batch
 from rmlora import ConfigError, RMLoraConfig, RMLoraTrainer
-from rmlora.methods import LoraArguments, prepare_model
-from rmlora.sora import SoraArguments, SoraMethod, soft_threshold, xi_at
+from rmlora.methods.base import LoraArguments, prepare_model
+from rmlora.methods.sora import SoraArguments, SoraMethod, soft_threshold, xi_at
 
 SORA = RMLoraConfig(method="sora")
 
@@ -281,7 +281,7 @@ def test_resume_restores_gates_and_gate_optimizer(tmp_path):
 
 
 def test_state_round_trips_through_disk_into_a_fresh_model(tmp_path):
-    from rmlora.saving import read_rmlora_state, write_rmlora_state
+    from rmlora.io.adapters import read_rmlora_state, write_rmlora_state
 
     model = sora_model()
     method = SoraMethod(model, SORA, sora=SoraArguments(sora_xi=0.01, sora_gate_lr=0.1))

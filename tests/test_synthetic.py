@@ -11,9 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from rmlora.cli.main import main as cli_main
-from rmlora.errors import ConfigError
-from rmlora.synthetic import (
+from rmlora.analysis.synthetic import (
     SyntheticConfig,
     construction_error,
     eq8_bound,
@@ -22,6 +20,8 @@ from rmlora.synthetic import (
     run_synthetic,
     sequential,
 )
+from rmlora.cli.main import main as cli_main
+from rmlora.errors import ConfigError
 
 TINY = dict(width=6, depth=2, steps=300, seeds=1, batch_size=128, test_size=512, lr=2e-2)
 

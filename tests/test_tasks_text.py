@@ -4,8 +4,8 @@ import csv
 import os
 
 import pytest
-from fixtures.tiny_models import FIXTURES, read_jsonl, run_train, save_text_model, tmp_env
 
+from fixtures.tiny_models import FIXTURES, read_jsonl, run_train, save_text_model, tmp_env
 from rmlora.cli.main import main
 
 TWEETS = os.path.join(FIXTURES, "text", "tweets.csv")

@@ -4,16 +4,15 @@ import json
 import os
 
 import numpy as np
-
 import pytest
-from fixtures.tiny_models import FIXTURES, read_jsonl, run_train, save_text_model, tmp_env
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
+from fixtures.tiny_models import FIXTURES, read_jsonl, run_train, save_text_model, tmp_env
 from rmlora.cli import demo
 from rmlora.cli.main import main
 from rmlora.cli.train import num_training_steps, parse_args, rmlora_config
 from rmlora.errors import ConfigError
-from rmlora.history import HistoryCallback
+from rmlora.training.history import HistoryCallback
 
 TWEETS = os.path.join(FIXTURES, "text", "tweets.csv")
 BASE = ["--model_name_or_path", "m", "--output_dir", "o"]
@@ -109,7 +108,7 @@ def test_a_failed_run_leaves_no_metrics_json(tmp_path, monkeypatch, capsys):
 
 
 def test_plot_curves_writes_png_and_svg_for_runs_and_seeds(tmp_path):
-    from rmlora.figures import plot_curves
+    from rmlora.harness.plots.curves import plot_curves
 
     def run(offset):
         return [
@@ -131,7 +130,7 @@ def test_plot_curves_gives_every_label_its_own_colour_beyond_ten(tmp_path, close
     """13 labels (5 methods x 3 ranks): matplotlib's default 10-colour cycle would draw two of them alike."""
     from matplotlib.colors import to_hex
 
-    from rmlora.figures import plot_curves
+    from rmlora.harness.plots.curves import plot_curves
 
     history = [{"epoch": e, "test_loss": 1.0, "test_accuracy": 0.5, "train_accuracy": 0.6, "test_generalization_error": 0.1}
                for e in (1, 2)]
@@ -226,7 +225,6 @@ def test_baselines_train_through_the_cli_with_their_own_flags(method, tmp_path, 
 
 def test_placements_find_the_head_and_peft_defaults_that_exist():
     from conftest import tiny_bert, tiny_gpt2, tiny_vit
-
     from rmlora.tasks.placement import has_peft_default, placement_modules
 
     bert, gpt2, vit = tiny_bert(), tiny_gpt2(), tiny_vit()

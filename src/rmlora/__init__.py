@@ -1,13 +1,13 @@
 """rmlora: RM-LoRA (regularized and masked LoRA) training on top of PEFT, its baselines and diagnostics."""
 
-from .callback import RMLoraCallback
-from .config import RMLoraConfig
-from .diagnostics import Diagnostics, diagnose, diagnose_adapter, diagnose_model
-from .errors import AdapterError, ConfigError, DataError, NoLoraPairsError, RMLoraError
-from .pairs import LoraPair, find_lora_pairs
-from .rm_lora import RMLora
-from .saving import load_adapter, read_adapter, save_adapter
-from .trainer import RMLoraTrainer
+from rmlora.analysis.diagnostics import Diagnostics, diagnose, diagnose_adapter, diagnose_model
+from rmlora.config import RMLoraConfig
+from rmlora.core.pairs import LoraPair, find_lora_pairs
+from rmlora.core.rm_lora import RMLora
+from rmlora.errors import AdapterError, ConfigError, DataError, NoLoraPairsError, RMLoraError
+from rmlora.io.adapters import load_adapter, read_adapter, save_adapter
+from rmlora.training.callback import RMLoraCallback
+from rmlora.training.trainer import RMLoraTrainer
 
 __version__ = "0.1.0"
 

@@ -24,9 +24,8 @@ import dataclasses
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Union
 
-from .errors import ConfigError
+from rmlora.errors import ConfigError
 
 LORA_METHODS = ("lora", "r-lora", "gm-lora", "rm-lora")
 BASELINE_METHODS = ("full", "adalora", "sora")
@@ -57,7 +56,7 @@ class RMLoraConfig:
             "baselines: full (full fine-tuning), adalora (PEFT AdaLoRA), sora (gated sparse LoRA)."
         },
     )
-    r_hat: Union[int, float] = field(
+    r_hat: int | float = field(
         default=0.5,
         metadata={
             "help": "Directions updated per step: an int r̂ (1 ≤ r̂ ≤ R of every module), or a float in (0, 1] "
@@ -141,12 +140,12 @@ class RMLoraConfig:
 
     # -- presets ------------------------------------------------------------------------------------
     @classmethod
-    def paper(cls, **overrides) -> "RMLoraConfig":
+    def paper(cls, **overrides) -> RMLoraConfig:
         """The paper's text: Eq. 10 summed, Algorithm 1's shared directions, every step masked (the defaults)."""
         return cls(**overrides)
 
     @classmethod
-    def released_code(cls, **overrides) -> "RMLoraConfig":
+    def released_code(cls, **overrides) -> RMLoraConfig:
         """The authors' released GLUE code (REFERENCE.md §2), minus its head-freezing defect."""
         values = dict(
             reg_form="frobenius",
@@ -166,7 +165,7 @@ class RMLoraConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "RMLoraConfig":
+    def from_dict(cls, values: dict) -> RMLoraConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - known
         if unknown:

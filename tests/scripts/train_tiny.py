@@ -19,13 +19,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # tests/ for conftest's tiny models
 
 import torch  # noqa: E402
-from conftest import peft_bert, token_batch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from transformers import TrainerCallback, TrainingArguments  # noqa: E402
 
+from conftest import peft_bert, token_batch  # noqa: E402
 from rmlora import RMLoraConfig, RMLoraTrainer  # noqa: E402
-from rmlora.methods import LoraArguments, prepare_model  # noqa: E402
+from rmlora.methods.base import LoraArguments, prepare_model  # noqa: E402
 
 
 class KillAt(TrainerCallback):
@@ -59,11 +59,11 @@ def main():
         total = a.max_steps
         settings = {"total_steps": total, "learning_rate": 1e-2}
         if a.method == "adalora":
-            from rmlora.adalora import AdaLoraArguments
+            from rmlora.methods.adalora import AdaLoraArguments
 
             settings["adalora"] = AdaLoraArguments(adalora_init_r=6, adalora_target_r=2, adalora_tinit=1, adalora_tfinal=1)
         if a.method == "sora":
-            from rmlora.sora import SoraArguments
+            from rmlora.methods.sora import SoraArguments
 
             settings["sora"] = SoraArguments(sora_lambda=0.1, sora_xi=1e-3)
         model = prepare_model(tiny_bert(seed=0), cfg, LoraArguments(lora_r=8, target_modules="query,value",

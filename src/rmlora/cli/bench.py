@@ -6,6 +6,6 @@ HELP = "step time and peak memory of every method against plain PEFT LoRA (inter
 
 
 def main(argv: list[str]) -> int:
-    from ..benchmark import main as bench_main
+    from rmlora.bench.benchmark import main as bench_main
 
     return bench_main(argv)

@@ -11,9 +11,9 @@ import argparse
 import os
 import sys
 
-from ..compare import RUNS_DIR, Sweep, build_grid, flag_map, parse_overrides
-from ..config import METHODS
-from ..errors import ConfigError
+from rmlora.config import METHODS
+from rmlora.errors import ConfigError
+from rmlora.harness.compare import RUNS_DIR, Sweep, build_grid, flag_map, parse_overrides
 
 HELP = "train methods × ranks × seeds with `rmlora train` (resumable), then write report.md and figures"
 
@@ -113,7 +113,7 @@ def main(argv: list[str]) -> int:
     for name, reason in result.failed:
         print(f"  failed {name}: {reason}", file=sys.stderr)
     if not args.no_report and (result.skipped or result.recovered or result.trained):
-        from ..report import write_report
+        from rmlora.harness.report import write_report
 
         written = write_report(args.output_dir)
         print(written["report"])

@@ -31,7 +31,7 @@ import json
 import os
 import time
 
-from ..errors import DataError
+from rmlora.errors import DataError
 
 HELP = "train LoRA and RM-LoRA on MiniLM-L6 + tweet sentiment (offline, ~3-5 min on 2 CPU cores), print a table, draw the curves"
 
@@ -151,9 +151,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the subset, the initialisation and the masks")
     a = parser.parse_args(argv)
 
-    from ..figures import plot_curves
-    from ..history import read_history
-    from . import train as train_cmd
+    from rmlora.cli import train as train_cmd
+    from rmlora.harness.plots.curves import plot_curves
+    from rmlora.training.history import read_history
 
     start = time.time()
     model_dir, tweets = demo_assets()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..diagnostics import diagnose_adapter
+from rmlora.analysis.diagnostics import diagnose_adapter
 
 HELP = "rank, orthogonality loss and spectrum of ΔW per module of a saved LoRA adapter"
 

@@ -36,7 +36,7 @@ def _usage(commands: dict[str, str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..errors import RMLoraError
+    from rmlora.errors import RMLoraError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = _available()
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage(commands))
         return 0
     if argv[0] == "--version":
-        from .. import __version__
+        from rmlora import __version__
 
         print(f"rmlora {__version__}")
         return 0

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..errors import ConfigError
-from ..rank_budget import DEFAULT_MAX_ERROR, DEFAULT_RANKS, RankBudget, rank_budget
+from rmlora.analysis.rank_budget import DEFAULT_MAX_ERROR, DEFAULT_RANKS, RankBudget, rank_budget
+from rmlora.errors import ConfigError
 
 HELP = "σ_{R+1}(W_target − W_base) per layer: the LoRA rank a fine-tune needs (Theorem 3.1, Eq. 9)"
 

@@ -13,7 +13,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--title", default="RM-LoRA comparison", help="first heading of report.md")
     args = parser.parse_args(argv)
 
-    from ..report import write_report
+    from rmlora.harness.report import write_report
 
     written = write_report(args.output_dir, title=args.title)
     print(written["report"])

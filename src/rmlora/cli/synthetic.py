@@ -9,8 +9,8 @@ import argparse
 import dataclasses
 import os
 
-from ..errors import ConfigError
-from ..synthetic import SyntheticConfig, SyntheticResult, run_synthetic
+from rmlora.analysis.synthetic import SyntheticConfig, SyntheticResult, run_synthetic
+from rmlora.errors import ConfigError
 
 HELP = "Zeng & Lee's synthetic FNN: LoRA / RM-LoRA error against σ_{R+1}(Ē_l) over R (Theorem 3.1)"
 

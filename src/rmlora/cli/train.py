@@ -11,7 +11,7 @@ transformers' TrainingArguments. `rmlora train ARGS.json` reads them from a JSON
 masks use the same seed unless --rmlora_seed sets another, so RMLoraConfig.seed = rmlora_seed or seed.
 
 --output_dir receives the adapter (PEFT format) or, for full fine-tuning, the model; the tokenizer /
-image processor; history.jsonl (one record per epoch, rmlora.history); diagnostics.json (ΔW
+image processor; history.jsonl (one record per epoch, rmlora.training.history); diagnostics.json (ΔW
 rank, orthogonality loss and singular values per module); and, last and atomically, metrics.json —
 so metrics.json exists only for a run that finished.
 """
@@ -28,9 +28,9 @@ import time
 import typing
 from typing import Optional
 
-from .. import atomic
-from ..config import LORA_METHODS, MASK_MODES, MASK_SAMPLINGS, METHODS, REG_FORMS, REG_REDUCTIONS, RMLoraConfig
-from ..errors import ConfigError, RMLoraError
+from rmlora.config import LORA_METHODS, MASK_MODES, MASK_SAMPLINGS, METHODS, REG_FORMS, REG_REDUCTIONS, RMLoraConfig
+from rmlora.errors import ConfigError, RMLoraError
+from rmlora.io import atomic
 
 HELP = "fine-tune a model on a GLUE / SQuAD / image / text task with RM-LoRA or a baseline (run_glue.py-style flags)"
 METRICS_NAME = "metrics.json"
@@ -93,10 +93,10 @@ def rmlora_config(method_args, seed: int) -> RMLoraConfig:
 def argument_classes() -> tuple:
     from transformers import TrainingArguments
 
-    from ..adalora import AdaLoraArguments
-    from ..methods import LoraArguments
-    from ..sora import SoraArguments
-    from ..tasks import DataArguments, ModelArguments
+    from rmlora.methods.adalora import AdaLoraArguments
+    from rmlora.methods.base import LoraArguments
+    from rmlora.methods.sora import SoraArguments
+    from rmlora.tasks import DataArguments, ModelArguments
 
     return (ModelArguments, DataArguments, MethodArguments, LoraArguments, AdaLoraArguments, SoraArguments, TrainingArguments)
 
@@ -131,7 +131,7 @@ def versions() -> dict:
     import torch
     import transformers
 
-    from .. import __version__
+    from rmlora import __version__
 
     return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__, "rmlora": __version__}
 
@@ -139,12 +139,12 @@ def versions() -> dict:
 def _diagnose(model, method: str):
     """ΔW diagnostics of a model in training: the LoRA variants and AdaLoRA (ΔW = B (A ⊙ E) · scaling / ranknum).
 
-    SoRA's ΔW includes its gates, which rmlora.diagnostics does not read from a model in training; SoRA's
+    SoRA's ΔW includes its gates, which rmlora.analysis.diagnostics does not read from a model in training; SoRA's
     exported adapter (gates folded into B) is diagnosed after export instead.
     """
     if method not in LORA_METHODS and method != "adalora":
         return None
-    from ..diagnostics import diagnose_model
+    from rmlora.analysis.diagnostics import diagnose_model
 
     return diagnose_model(model)
 
@@ -153,10 +153,10 @@ def train(model_args, data_args, method_args, lora_args, adalora_args, sora_args
     """Run one training and write its files; returns the content of metrics.json."""
     from transformers import set_seed
 
-    from ..history import HistoryCallback
-    from ..methods import prepare_model
-    from ..tasks import build_task
-    from ..trainer import RMLoraTrainer
+    from rmlora.methods.base import prepare_model
+    from rmlora.tasks import build_task
+    from rmlora.training.history import HistoryCallback
+    from rmlora.training.trainer import RMLoraTrainer
 
     start = time.time()
     config = rmlora_config(method_args, training_args.seed)
@@ -216,7 +216,7 @@ def train(model_args, data_args, method_args, lora_args, adalora_args, sora_args
     if last is not None and last["step"] == trainer.state.global_step:
         final = {k: v for k, v in last.items() if k not in ("epoch", "step", "elapsed_s", "diagnostics", "train_loss")}
     else:  # the run stopped inside an epoch (max_steps): evaluate the final model
-        from ..history import generalization_errors
+        from rmlora.training.history import generalization_errors
 
         final = evaluate_all()
         final.update(generalization_errors(final, task.primary_metric))
@@ -229,7 +229,7 @@ def train(model_args, data_args, method_args, lora_args, adalora_args, sora_args
         if task.processing_class is not None:
             task.processing_class.save_pretrained(out_dir)
         if config.method == "sora":
-            from ..diagnostics import diagnose_adapter
+            from rmlora.analysis.diagnostics import diagnose_adapter
 
             diag = diagnose_adapter(out_dir)
         if diag is not None:

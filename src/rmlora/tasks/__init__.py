@@ -4,8 +4,8 @@ Each family (glue.py, squad.py, image.py, text.py) turns its data into model inp
 outputs into metrics behind the interface of base.Task; registry.py maps `--task_name` to a family.
 """
 
-from .arguments import DataArguments, ModelArguments
-from .base import Task
-from .registry import TASKS, build_task
+from rmlora.tasks.arguments import DataArguments, ModelArguments
+from rmlora.tasks.base import Task
+from rmlora.tasks.registry import TASKS, build_task
 
 __all__ = ["DataArguments", "ModelArguments", "Task", "TASKS", "build_task"]

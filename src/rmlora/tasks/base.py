@@ -15,13 +15,12 @@ not clash with the Trainer's training loss.
 
 from __future__ import annotations
 
-import os
-
 import logging
+import os
 from collections.abc import Sequence
 
-from ..errors import ConfigError, DataError
-from .data import EVAL_SPLITS, finish_splits, seeded_subset, split_prefix
+from rmlora.errors import ConfigError, DataError
+from rmlora.tasks.data import EVAL_SPLITS, finish_splits, seeded_subset, split_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +95,7 @@ class Task:
 
     def place_lora(self, model, lora_args, method: str):
         """Fill lora_args.target_modules / modules_to_save from --lora_placement; returns the model to wrap."""
-        from .placement import has_peft_default, placement_modules
+        from rmlora.tasks.placement import has_peft_default, placement_modules
 
         placement = self.model_args.lora_placement
         if method == "full":

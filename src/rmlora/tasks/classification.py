@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Task, encode_label_column, ensure_pad_token
-from .data import require_columns
+from rmlora.tasks.base import Task, encode_label_column, ensure_pad_token
+from rmlora.tasks.data import require_columns
 
 
 class SequenceClassificationTask(Task):
@@ -36,7 +36,7 @@ class SequenceClassificationTask(Task):
         if self.label_list is None:
             from datasets import ClassLabel
 
-            from .base import label_set
+            from rmlora.tasks.base import label_set
 
             feature = splits["train"].features[self.label_column]
             names = feature.names if isinstance(feature, ClassLabel) else None
@@ -44,7 +44,7 @@ class SequenceClassificationTask(Task):
         return encode_label_column(splits, self.label_column, self.label_list, self._label_aliases())
 
     def _float_labels(self, ds, split: str):
-        from ..errors import DataError
+        from rmlora.errors import DataError
 
         values = ds[self.label_column]
         for row, v in enumerate(values):
@@ -111,7 +111,7 @@ class SequenceClassificationTask(Task):
         return np.squeeze(logits, axis=-1) if self.is_regression else np.argmax(logits, axis=-1)
 
     def compute_metrics(self, eval_pred) -> dict:
-        from ..metrics import accuracy
+        from rmlora.tasks.metrics import accuracy
 
         return accuracy(self.predictions(eval_pred.predictions), eval_pred.label_ids)
 

@@ -11,7 +11,7 @@ import csv
 import logging
 import os
 
-from ..errors import DataError
+from rmlora.errors import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -67,7 +67,7 @@ class FeatureClassifier(nn.Module):
 
 def single_linear_head(model: nn.Module) -> str | None:
     """The head's module name when the head is one linear layer (else None: no caching possible)."""
-    from .placement import head_modules
+    from rmlora.tasks.placement import head_modules
 
     heads = head_modules(model)
     return heads[0] if len(heads) == 1 else None

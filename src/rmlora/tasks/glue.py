@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import logging
 
-from ..errors import DataError
-from ..metrics import glue_metrics
-from .classification import SequenceClassificationTask
-from .data import load_local_splits
+from rmlora.errors import DataError
+from rmlora.tasks.classification import SequenceClassificationTask
+from rmlora.tasks.data import load_local_splits
+from rmlora.tasks.metrics import glue_metrics
 
 logger = logging.getLogger(__name__)
 

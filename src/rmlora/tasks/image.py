@@ -20,9 +20,9 @@ import struct
 
 import numpy as np
 
-from ..errors import DataError
-from .base import Task
-from .data import check_file
+from rmlora.errors import DataError
+from rmlora.tasks.base import Task
+from rmlora.tasks.data import check_file
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ class ImageClassificationTask(Task):
         return model
 
     def place_lora(self, model, lora_args, method: str):
-        from .features import FeatureClassifier, single_linear_head
+        from rmlora.tasks.features import FeatureClassifier, single_linear_head
 
         model = super().place_lora(model, lora_args, method)
         if method == "full" and self.model_args.lora_placement == "head":
@@ -257,7 +257,7 @@ class ImageClassificationTask(Task):
     def _cached_features(self, raw, pixels, split: str):
         from datasets import Dataset
 
-        from .features import cache_key, cached, default_cache_dir, extract_features, model_identity
+        from rmlora.tasks.features import cache_key, cached, default_cache_dir, extract_features, model_identity
 
         m = self.model_args
         key = cache_key(
@@ -280,7 +280,7 @@ class ImageClassificationTask(Task):
         return Dataset.from_dict({"features": tensors["features"].numpy(), "labels": tensors["labels"].numpy()}).with_format("torch")
 
     def compute_metrics(self, eval_pred) -> dict:
-        from ..metrics import accuracy
+        from rmlora.tasks.metrics import accuracy
 
         logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
         return accuracy(np.argmax(logits, axis=-1), eval_pred.label_ids)

@@ -12,7 +12,7 @@ import re
 
 from torch import nn
 
-from ..errors import ConfigError
+from rmlora.errors import ConfigError
 
 _ATTENTION = re.compile(r"(^|\.)(attn|attention|self_attn|self_attention)(\.|$)")
 

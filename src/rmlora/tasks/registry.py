@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from ..errors import ConfigError
-from .glue import TASK_TO_KEYS, GlueTask
-from .image import ImageClassificationTask
-from .squad import QuestionAnsweringTask
-from .text import TextClassificationTask
+from rmlora.errors import ConfigError
+from rmlora.tasks.glue import TASK_TO_KEYS, GlueTask
+from rmlora.tasks.image import ImageClassificationTask
+from rmlora.tasks.squad import QuestionAnsweringTask
+from rmlora.tasks.text import TextClassificationTask
 
 TASKS = {
     **{name: GlueTask for name in TASK_TO_KEYS},

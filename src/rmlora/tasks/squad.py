@@ -20,10 +20,10 @@ from collections import defaultdict
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
-from ..metrics import squad_metrics
-from .base import Task, ensure_pad_token
-from .data import check_file, seeded_subset
+from rmlora.errors import ConfigError, DataError
+from rmlora.tasks.base import Task, ensure_pad_token
+from rmlora.tasks.data import check_file, seeded_subset
+from rmlora.tasks.metrics import squad_metrics
 
 HUB_DATASET = "rajpurkar/squad"
 

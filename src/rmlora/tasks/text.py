@@ -8,9 +8,9 @@ is an error (a model cannot be scored on a class it has never seen). E.g. the tw
 
 from __future__ import annotations
 
-from ..errors import DataError
-from .classification import SequenceClassificationTask
-from .data import load_local_splits
+from rmlora.errors import DataError
+from rmlora.tasks.classification import SequenceClassificationTask
+from rmlora.tasks.data import load_local_splits
 
 
 class TextClassificationTask(SequenceClassificationTask):

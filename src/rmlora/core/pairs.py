@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .errors import NoLoraPairsError
+from rmlora.errors import NoLoraPairsError
 
 
 @dataclass(eq=False)
@@ -26,7 +26,7 @@ class LoraPair:
     rank: int
     scaling: float
     fan_in_fan_out: bool = False
-    gate: torch.Tensor | None = None  # SoRA's g between A and B (rmlora.sora), else None
+    gate: torch.Tensor | None = None  # SoRA's g between A and B (rmlora.methods.sora), else None
 
     def effective_b(self) -> torch.Tensor:
         """B, or B·diag(g) for a SoRA-gated pair: ΔW = scaling · effective_b · A."""
@@ -151,7 +151,7 @@ def require_lora_pairs(model: nn.Module) -> list[LoraPair]:
 
 def group_pairs(pairs: list[LoraPair]) -> list[PairGroup]:
     """Group pairs by (A shape, B shape, dtype, device), keeping the model's order inside each group."""
-    groups: "OrderedDict[tuple, PairGroup]" = OrderedDict()
+    groups: OrderedDict[tuple, PairGroup] = OrderedDict()
     for pair in pairs:
         key = (tuple(pair.A.shape), tuple(pair.B.shape), pair.A.dtype, pair.A.device)
         groups.setdefault(key, PairGroup()).pairs.append(pair)

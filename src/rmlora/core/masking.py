@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .pairs import PairGroup
+from rmlora.core.pairs import PairGroup
 
 
 def _row_view(param: torch.Tensor, rank: int) -> tuple[int, ...]:

@@ -16,9 +16,11 @@ from __future__ import annotations
 import math
 import os
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
-from .aggregate import (
+from rmlora.config import METHODS
+from rmlora.errors import DataError
+from rmlora.harness.aggregate import (
     Stat,
     best_rows,
     group_by,
@@ -28,10 +30,8 @@ from .aggregate import (
     split_of,
     summary_stat,
 )
-from .atomic import write_text
-from .config import METHODS
-from .errors import DataError
-from .results import RESULTS_NAME, read_diagnostics, read_history, read_results
+from rmlora.io.atomic import write_text
+from rmlora.io.run_files import RESULTS_NAME, read_diagnostics, read_history, read_results
 
 REPORT_NAME = "report.md"
 FIGURES_DIR = "figures"
@@ -84,7 +84,7 @@ def metric_label(name: str, split: str | None = None) -> str:
 
 def format_count(n: float | None) -> str:
     """A parameter count as the paper writes it (184M, 1.26M, 670K); a mean over seeds is rounded first."""
-    from .param_counts import format_count as paper_count
+    from rmlora.methods.param_counts import format_count as paper_count
 
     if n is None or not math.isfinite(n):
         return "N/A"
@@ -321,7 +321,7 @@ def _run_dir(output_dir: str, record: dict) -> str:
 
 
 def _figures(output_dir: str, runs: Sequence[dict], base: str, suffix: str) -> tuple[list[str], list[str]]:
-    from .spectra import plot_spectra
+    from rmlora.harness.plots.spectra import plot_spectra
 
     notes: list[str] = []
     histories: dict[str, list[list[dict]]] = {}
@@ -343,7 +343,7 @@ def _figures(output_dir: str, runs: Sequence[dict], base: str, suffix: str) -> t
                     spectra_runs.append((label, rank, diagnostics))  # one panel per R, one line per row label
     files: list[str] = []
     if histories:
-        from .figures import plot_curves
+        from rmlora.harness.plots.curves import plot_curves
 
         files += plot_curves(histories, os.path.join(base, f"curves{suffix}"))
         ranks = sorted({r for r in rank_of_label.values() if r is not None})

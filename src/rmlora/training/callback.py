@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from transformers import TrainerCallback
 
-from .config import RMLoraConfig
-from .rm_lora import RMLora
-from .saving import write_rmlora_state
+from rmlora.config import RMLoraConfig
+from rmlora.core.rm_lora import RMLora
+from rmlora.io.adapters import write_rmlora_state
 
 
 class RMLoraCallback(TrainerCallback):

@@ -4,7 +4,7 @@ Layout of a comparison folder:
 
     OUTPUT_DIR/runs/<cell>/      `rmlora train --output_dir` of the cell (metrics.json, history.jsonl, ...)
     OUTPUT_DIR/results.jsonl     one line per finished cell, appended when it finishes
-    OUTPUT_DIR/report.md, figures/   rebuilt from the two above (rmlora.report)
+    OUTPUT_DIR/report.md, figures/   rebuilt from the two above (rmlora.harness.report)
 
 A cell is named `<method>_r<R>_s<seed>` (`full_s<seed>` for full fine-tuning, which has no rank).
 Resume rule, cell by cell:
@@ -34,13 +34,13 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
-from .atomic import write_json
-from .config import METHODS
-from .errors import ConfigError, DataError, RMLoraError
-from .results import HISTORY_NAME, METRICS_NAME, RESULTS_NAME, append_result, read_json, read_results
+from rmlora.config import METHODS
+from rmlora.errors import ConfigError, DataError, RMLoraError
+from rmlora.io.atomic import write_json
+from rmlora.io.run_files import HISTORY_NAME, METRICS_NAME, RESULTS_NAME, append_result, read_json, read_results
 
 RUNS_DIR = "runs"
 CELL_NAME = "cell.json"
@@ -189,7 +189,7 @@ def train_command(argv: list[str]) -> list[str]:
 
 
 def _train_in_process(argv: list[str]) -> int:
-    from .cli.train import main
+    from rmlora.cli.train import main
 
     return int(main(argv) or 0)
 
@@ -232,7 +232,7 @@ class Sweep:
     def validate(self) -> None:
         """Parse every cell's flags with `rmlora train`'s own parser, training nothing: a typo or a bad value
         (an unknown flag, AdaLoRA's init_r ≤ target_r) stops the sweep before its first cell, not hours in."""
-        from .cli.train import parse_args
+        from rmlora.cli.train import parse_args
 
         for cell in self.cells:
             try:

@@ -129,7 +129,7 @@ class BenchArguments:
     report: str | None = field(default=None, metadata={"help": "Print the tables of a saved --output file (ratios recomputed) instead of running."})
     quiet: bool = field(default=False, metadata={"help": "No progress lines on stderr."})
 
-    def resolve(self) -> "BenchArguments":
+    def resolve(self) -> BenchArguments:
         """Fill the device-dependent defaults; returns a copy."""
         a = copy.copy(self)
         if a.model not in SHAPES:
@@ -241,17 +241,17 @@ def build_entry(name: str, template: nn.Module, args: BenchArguments, total_step
             )
             params = [p for p in model.parameters() if p.requires_grad]
             return Entry(name, model, None, _optimizer(params, args, 1e-3))
-        from .config import RMLoraConfig
-        from .methods import LoraArguments, build_training_method, prepare_model
+        from rmlora.config import RMLoraConfig
+        from rmlora.methods.base import LoraArguments, build_training_method, prepare_model
 
         lr = 1e-5 if rm_method == "full" else 1e-3
         settings: dict = {"total_steps": total_steps, "learning_rate": lr}
         if rm_method == "adalora":
-            from .adalora import AdaLoraArguments
+            from rmlora.methods.adalora import AdaLoraArguments
 
             settings["adalora"] = AdaLoraArguments(adalora_init_r=(3 * args.lora_r) // 2, adalora_target_r=args.lora_r)
         if rm_method == "sora":
-            from .sora import SoraArguments
+            from rmlora.methods.sora import SoraArguments
 
             settings["sora"] = SoraArguments()
         r_hat = int(args.r_hat) if args.r_hat >= 1 else float(args.r_hat)
@@ -638,8 +638,8 @@ def synthetic_lora_model(num_pairs: int, d_in: int, d_out: int, rank: int, devic
 
 
 def hooks_on_synthetic(num_pairs: int, d: int, rank: int, mask_mode: str, device: str, iters: int = 20) -> dict:
-    from .config import RMLoraConfig
-    from .rm_lora import RMLora
+    from rmlora.config import RMLoraConfig
+    from rmlora.core.rm_lora import RMLora
 
     model = synthetic_lora_model(num_pairs, d, d, rank, device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -713,7 +713,7 @@ def lora_branch(x, A, B, scaling):
 
 def _pair_shapes(model: nn.Module) -> list[tuple[int, int, int]]:
     """(count, d_in, d_out) of every group of same-shaped LoRA pairs of a PEFT model."""
-    from .pairs import find_lora_pairs, group_pairs
+    from rmlora.core.pairs import find_lora_pairs, group_pairs
 
     return [(len(g.pairs), g.pairs[0].d_in, g.pairs[0].d_out) for g in group_pairs(find_lora_pairs(model))]
 
@@ -815,8 +815,8 @@ def format_report(result: dict) -> str:
             lines.append(f"{r['method']:<16} unavailable: {r['reason']}")
             continue
         lines.append(
-            f"{r['method']:<16} {r['median_step_s']:>8.4f} {r['ratio_to_peft_lora']:>6.3f} {'%.3f-%.3f' % tuple(r['ratio_ci95']):>13} "
-            f"{r['median_cpu_s']:>8.4f} {r['cpu_ratio_to_peft_lora']:>9.3f} {'%.3f-%.3f' % tuple(r['cpu_ratio_ci95']):>13} "
+            f"{r['method']:<16} {r['median_step_s']:>8.4f} {r['ratio_to_peft_lora']:>6.3f} {'{:.3f}-{:.3f}'.format(*tuple(r['ratio_ci95'])):>13} "
+            f"{r['median_cpu_s']:>8.4f} {r['cpu_ratio_to_peft_lora']:>9.3f} {'{:.3f}-{:.3f}'.format(*tuple(r['cpu_ratio_ci95'])):>13} "
             f"{_mib(r['peak_mem_bytes']):>9} {r['mem_ratio_to_peft_lora']:>9.4f} "
             f"{r['hooks_us']['total']:>9.0f} {100 * r['hooks_share_of_peft_lora_step']:>7.2f}% {r['trainable_params']:>11,}"
         )

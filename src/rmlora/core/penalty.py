@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from .pairs import PairGroup
+from rmlora.core.pairs import PairGroup
 
 
 def _gram_minus_identity(stacked: torch.Tensor, rows: bool) -> torch.Tensor:

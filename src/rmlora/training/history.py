@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from transformers import TrainerCallback
 
-from . import atomic
+from rmlora.io import atomic
 
 HISTORY_NAME = "history.jsonl"
 

@@ -18,12 +18,18 @@ import warnings
 import torch
 from torch import nn
 
-from .config import RMLoraConfig
-from .directions import STREAM_A, STREAM_B, direction_mask, module_key, select_directions
-from .errors import ConfigError
-from .masking import GroupSnapshot, mask_stacked_gradients, restore_group_snapshot, stacked_masks, take_group_snapshot
-from .pairs import LoraPair, PairGroup, group_pairs, require_lora_pairs
-from .penalty import add_penalty_gradient, orthogonality_penalty
+from rmlora.config import RMLoraConfig
+from rmlora.core.directions import STREAM_A, STREAM_B, direction_mask, module_key, select_directions
+from rmlora.core.masking import (
+    GroupSnapshot,
+    mask_stacked_gradients,
+    restore_group_snapshot,
+    stacked_masks,
+    take_group_snapshot,
+)
+from rmlora.core.pairs import LoraPair, PairGroup, group_pairs, require_lora_pairs
+from rmlora.core.penalty import add_penalty_gradient, orthogonality_penalty
+from rmlora.errors import ConfigError
 
 STATE_VERSION = 1
 
@@ -39,7 +45,7 @@ class RMLora:
         if not self.config.is_lora_variant:
             raise ConfigError(
                 f"RMLora trains lora, r-lora, gm-lora and rm-lora; method {self.config.method!r} is a baseline: "
-                "use rmlora.methods.build_training_method (RMLoraTrainer does)"
+                "use rmlora.methods.base.build_training_method (RMLoraTrainer does)"
             )
         self.refresh()
 
@@ -164,7 +170,7 @@ class RMLora:
         self._snapshots = []
         self._prepared_step = None
 
-    # -- the rest of the TrainingMethod interface (rmlora.methods) ---------------------------------------
+    # -- the rest of the TrainingMethod interface (rmlora.methods.base) ---------------------------------------
     def excluded_parameters(self) -> list:
         return []
 
@@ -174,7 +180,7 @@ class RMLora:
         return {"trainable": n, "inference": n}
 
     def export(self, output_dir: str) -> None:
-        from .saving import save_adapter
+        from rmlora.io.adapters import save_adapter
 
         save_adapter(self.model, output_dir, self)
 

@@ -14,11 +14,11 @@ and is not drawn.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from .aggregate import mean_std
+from rmlora.harness.aggregate import mean_std
 
 FORMATS = ("png", "svg")
 

@@ -15,7 +15,7 @@ LoRA variants, PEFT AdaLoRA, SoRA's gated LoRA, or the model itself for full fin
 
 Optional: `uses_penalty` (whether penalty() is nonzero; default config.uses_penalty), `set_total_steps(n)`
 (the run's optimizer steps, called by RMLoraTrainer at train begin), `export_on_save` (Trainer.save_model
-writes export() instead of the raw model). How each method counts "# T / I": rmlora.param_counts.
+writes export() instead of the raw model). How each method counts "# T / I": rmlora.methods.param_counts.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from .config import RMLoraConfig
-from .errors import ConfigError
+from rmlora.config import RMLoraConfig
+from rmlora.errors import ConfigError
 
 
 @dataclass
@@ -120,7 +120,7 @@ class FullFineTuning:
 
     def param_counts(self) -> dict[str, int]:
         """T: every trainable parameter; I: every parameter of the model (Table 1's 184M / 184M)."""
-        from .param_counts import total_count, trainable_count
+        from rmlora.methods.param_counts import total_count, trainable_count
 
         return {"trainable": trainable_count(self.model), "inference": total_count(self.model)}
 
@@ -178,11 +178,11 @@ def prepare_model(base_model: nn.Module, config: RMLoraConfig, lora: LoraArgumen
         with targets_checked(base_model, lora):
             return get_peft_model(base_model, lora.lora_config(task_type=task_type))
     if config.method == "adalora":
-        from .adalora import prepare_adalora_model
+        from rmlora.methods.adalora import prepare_adalora_model
 
         return prepare_adalora_model(base_model, lora, task_type=task_type, **settings)
     if config.method == "sora":
-        from .sora import prepare_sora_model
+        from rmlora.methods.sora import prepare_sora_model
 
         return prepare_sora_model(base_model, lora, task_type=task_type, **settings)
     raise ConfigError(f"unknown method {config.method!r}")
@@ -192,17 +192,17 @@ def build_training_method(model: nn.Module, config: RMLoraConfig | None = None, 
     """The hook object for `config.method` on a model made by `prepare_model`."""
     config = config if config is not None else RMLoraConfig()
     if config.is_lora_variant:
-        from .rm_lora import RMLora
+        from rmlora.core.rm_lora import RMLora
 
         return RMLora(model, config)
     if config.method == "full":
         return FullFineTuning(model, config)
     if config.method == "adalora":
-        from .adalora import AdaLoraMethod
+        from rmlora.methods.adalora import AdaLoraMethod
 
         return AdaLoraMethod(model, config, **settings)
     if config.method == "sora":
-        from .sora import SoraMethod
+        from rmlora.methods.sora import SoraMethod
 
         return SoraMethod(model, config, **settings)
     raise ConfigError(f"unknown method {config.method!r}")

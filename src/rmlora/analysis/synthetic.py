@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import LORA_METHODS as METHODS  # lora, r-lora, gm-lora, rm-lora
-from .errors import ConfigError
-from .rank_budget import bound_term, relative_error
+from rmlora.analysis.rank_budget import bound_term, relative_error
+from rmlora.config import LORA_METHODS as METHODS  # lora, r-lora, gm-lora, rm-lora
+from rmlora.errors import ConfigError
 
 
 @dataclass
@@ -220,10 +220,10 @@ def train(problem: Problem, rank: int, method: str, cfg: SyntheticConfig, seed: 
     """Train a rank-`rank` LoRA on every layer of f0 to match f̄ on fresh Gaussian batches (MSE)."""
     from peft import LoraConfig, get_peft_model
 
-    from .config import RMLoraConfig
-    from .diagnostics import delta_singular_values, effective_rank, numerical_rank
-    from .pairs import find_lora_pairs
-    from .rm_lora import RMLora
+    from rmlora.analysis.diagnostics import delta_singular_values, effective_rank, numerical_rank
+    from rmlora.config import RMLoraConfig
+    from rmlora.core.pairs import find_lora_pairs
+    from rmlora.core.rm_lora import RMLora
 
     start = time.perf_counter()
     torch.manual_seed(seed)  # the same LoRA initialization for every method at this (seed, R)

@@ -1,7 +1,7 @@
 """results.jsonl: one line per finished run of a comparison, and the runs' own files.
 
 A line is appended only when its run finished, by rewriting the file to a temp file and renaming it
-(rmlora.atomic), so a kill at any moment leaves either the old file or the new one: never half a line.
+(rmlora.io.atomic), so a kill at any moment leaves either the old file or the new one: never half a line.
 The reader still tolerates a damaged *last* line (a file copied while being written, a disk that filled
 up, a hand edit): it reports and skips it, and the next append drops it. A damaged line anywhere else
 cannot come from this writer, so it is an error that names the line to fix.
@@ -19,8 +19,8 @@ import os
 import warnings
 from dataclasses import dataclass, field
 
-from .atomic import write_text
-from .errors import DataError
+from rmlora.errors import DataError
+from rmlora.io.atomic import write_text
 
 RESULTS_NAME = "results.jsonl"
 METRICS_NAME = "metrics.json"
@@ -89,7 +89,7 @@ def append_result(path: str, record: dict) -> None:
         raise DataError(f"result record lacks {', '.join(missing)}: it must come from a finished run's metrics.json")
     existing = read_results(path, warn=False).records if os.path.exists(path) else []
     # rewriting the parsed records (not the raw text) is what drops a damaged last line; the whole
-    # file is then replaced in one rename, as rmlora.atomic.append_jsonl does
+    # file is then replaced in one rename, as rmlora.io.atomic.append_jsonl does
     lines = [json.dumps(r, sort_keys=True, default=_jsonable) for r in existing + [record]]
     write_text(path, "\n".join(lines) + "\n")
 

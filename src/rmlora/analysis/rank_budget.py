@@ -31,13 +31,13 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
-from .errors import AdapterError, ConfigError
+from rmlora.errors import AdapterError, ConfigError
 
 DEFAULT_RANKS = (1, 2, 4, 8, 16, 32)
 DEFAULT_MAX_ERROR = 0.1
@@ -469,7 +469,7 @@ def rank_budget(
 
 
 def _module_budget(module, W0, E, ranks, max_error, pairs_by_module, rtol) -> ModuleBudget:
-    from .diagnostics import FLOAT32_EPS
+    from rmlora.analysis.diagnostics import FLOAT32_EPS
 
     sv = discrepancy_singular_values(E)
     d_out, d_in = E.shape
@@ -500,8 +500,8 @@ def _module_budget(module, W0, E, ranks, max_error, pairs_by_module, rtol) -> Mo
 
 def _adapter_pairs_on_base(adapter_dir: str, base_ckpt: CheckpointWeights, targets) -> dict:
     """{base module: (base weight key, adapter module, A, B, scaling)} for every LoRA pair, checked against the base."""
-    from .diagnostics import adapter_pairs
-    from .saving import read_adapter
+    from rmlora.analysis.diagnostics import adapter_pairs
+    from rmlora.io.adapters import read_adapter
 
     config, tensors = read_adapter(adapter_dir)
     peft_type = str(config.get("peft_type", "LORA")).upper()
@@ -548,7 +548,7 @@ def _adapter_pairs_on_base(adapter_dir: str, base_ckpt: CheckpointWeights, targe
 
 
 def _adapter_budget(sv, E, rel, pair, rtol) -> AdapterBudget:
-    from .diagnostics import delta_singular_values, numerical_rank
+    from rmlora.analysis.diagnostics import delta_singular_values, numerical_rank
 
     _, name, A, B, scaling = pair
     R = int(A.shape[0])

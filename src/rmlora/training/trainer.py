@@ -17,16 +17,16 @@ import os
 import torch
 from transformers import Trainer, TrainerCallback
 
-from .config import RMLoraConfig
-from .errors import ConfigError, NonFiniteLossError
-from .methods import build_training_method
-from .saving import RMLORA_CONFIG_NAME, read_rmlora_state, write_rmlora_state
+from rmlora.config import RMLoraConfig
+from rmlora.errors import ConfigError, NonFiniteLossError
+from rmlora.io.adapters import RMLORA_CONFIG_NAME, read_rmlora_state, write_rmlora_state
+from rmlora.methods.base import build_training_method
 
 
 class _StepHooks(TrainerCallback):
     """Calls the RMLora hooks around the optimizer step of the Trainer that owns it."""
 
-    def __init__(self, trainer: "RMLoraTrainer"):
+    def __init__(self, trainer: RMLoraTrainer):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -52,7 +52,7 @@ class _StepHooks(TrainerCallback):
 class RMLoraTrainer(Trainer):
     """`RMLoraTrainer(model=peft_model, ..., rmlora_config=RMLoraConfig(...))`.
 
-    The model comes from `rmlora.methods.prepare_model` (or `peft.get_peft_model` for the LoRA
+    The model comes from `rmlora.methods.base.prepare_model` (or `peft.get_peft_model` for the LoRA
     variants); `method_settings` carries a baseline's own knobs (AdaLoRA, SoRA).
     """
 

@@ -144,7 +144,7 @@ def module_diagnostics(name: str, A: torch.Tensor, B: torch.Tensor, scaling: flo
 
 def diagnose_model(model, rtol: float | None = None) -> Diagnostics:
     """Diagnostics of every LoRA pair of the active adapter of a PEFT model."""
-    from .pairs import find_lora_pairs
+    from rmlora.core.pairs import find_lora_pairs
 
     return Diagnostics([module_diagnostics(p.name, p.A, p.effective_b(), p.scaling, rtol) for p in find_lora_pairs(model)])
 
@@ -162,7 +162,7 @@ _KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<kind>lora_A|lor
 
 def adapter_pairs(config: dict, tensors: dict[str, torch.Tensor]) -> list[tuple[str, torch.Tensor, torch.Tensor, float]]:
     """(module, A, B, scaling) for every pair stored in a PEFT adapter file."""
-    from .errors import AdapterError
+    from rmlora.errors import AdapterError
 
     found: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
@@ -186,7 +186,7 @@ def adapter_pairs(config: dict, tensors: dict[str, torch.Tensor]) -> list[tuple[
 
 def diagnose_adapter(adapter_dir: str, rtol: float | None = None) -> Diagnostics:
     """Diagnostics of a saved PEFT LoRA adapter, without loading the base model."""
-    from .saving import read_adapter
+    from rmlora.io.adapters import read_adapter
 
     config, tensors = read_adapter(adapter_dir)
     return Diagnostics([module_diagnostics(n, A, B, s, rtol) for n, A, B, s in adapter_pairs(config, tensors)])

@@ -8,8 +8,8 @@ all (None, shown without "±"), rather than a misleading 0.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 # what a metric's name ends with when smaller is better; everything else (accuracy, F1, MCC, Pearson,
 # exact match, rank of ΔW) is better when larger

@@ -12,8 +12,8 @@ import os
 
 import torch
 
-from . import atomic
-from .errors import AdapterError
+from rmlora.errors import AdapterError
+from rmlora.io import atomic
 
 RMLORA_CONFIG_NAME = "rmlora_config.json"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
@@ -128,7 +128,7 @@ def load_adapter(base_model, adapter_dir: str, is_trainable: bool = False):
     """
     from peft import PeftModel
 
-    from .diagnostics import adapter_pairs
+    from rmlora.analysis.diagnostics import adapter_pairs
 
     config, tensors = read_adapter(adapter_dir)
     modules = dict(base_model.named_modules())

@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import RMLoraConfig
-from .errors import AdapterError, ConfigError, NoLoraPairsError
-from .param_counts import inference_count, trainable_count
+from rmlora.config import RMLoraConfig
+from rmlora.errors import AdapterError, ConfigError, NoLoraPairsError
+from rmlora.methods.param_counts import inference_count, trainable_count
 
 XI_SCHEDULES = ("linear", "log_linear", "exp_linear")
 # PEFT saves every tensor of a tuner layer, so its checkpoints carry the gates too (and resume them); a vanilla
@@ -173,7 +173,7 @@ def attach_gates(model: nn.Module) -> list[SoraGate]:
             gates.append(SoraGate(label, name, layer, adapter))
     if not gates:
         raise NoLoraPairsError(
-            "SoRA found no LoRA layer to gate: build the model with rmlora.methods.prepare_model(..., "
+            "SoRA found no LoRA layer to gate: build the model with rmlora.methods.base.prepare_model(..., "
             "RMLoraConfig(method='sora')) and check that target_modules names layers of this model"
         )
     return gates
@@ -183,7 +183,7 @@ def prepare_sora_model(base_model: nn.Module, lora=None, task_type=None, **setti
     """PEFT LoRA on `base_model` (LoraArguments `lora`), with a gate between every A and B."""
     from peft import get_peft_model
 
-    from .methods import LoraArguments
+    from rmlora.methods.base import LoraArguments
 
     lora = lora or LoraArguments()
     model = get_peft_model(base_model, lora.lora_config(task_type=task_type))
@@ -193,7 +193,7 @@ def prepare_sora_model(base_model: nn.Module, lora=None, task_type=None, **setti
 
 # -- the training method ---------------------------------------------------------------------------------
 class SoraMethod:
-    """SoRA's hooks for the one training path (rmlora.methods.TrainingMethod)."""
+    """SoRA's hooks for the one training path (rmlora.methods.base.TrainingMethod)."""
 
     # RMLoraTrainer.save_model writes export() over the raw adapter: without the gates it would load wrong
     export_on_save = True
@@ -303,14 +303,14 @@ class SoraMethod:
     def export(self, output_dir: str) -> None:
         """Prune zero gates, fold g into B and write a plain PEFT LoRA adapter (see export_sora_adapter),
         with the SoRA settings and "# T / I params" beside it in rmlora_config.json."""
-        from .saving import write_rmlora_state
+        from rmlora.io.adapters import write_rmlora_state
 
         export_sora_adapter(self.model, output_dir, self.gates)
         write_rmlora_state(output_dir, self)
 
     # -- checkpoints ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Gates and the gate optimizer's state (tensors; rmlora.saving stores them as safetensors)."""
+        """Gates and the gate optimizer's state (tensors; rmlora.io.adapters stores them as safetensors)."""
         opt = self.gate_optimizer.state_dict()
         return {
             "version": STATE_VERSION,
@@ -363,7 +363,7 @@ def export_sora_adapter(model: nn.Module, output_dir: str, gates: list[SoraGate]
     from peft import PeftModel, get_peft_model_state_dict
     from safetensors.torch import save_file
 
-    from .saving import ADAPTER_WEIGHTS_NAME
+    from rmlora.io.adapters import ADAPTER_WEIGHTS_NAME
 
     if not isinstance(model, PeftModel):
         raise AdapterError("SoRA export needs the PeftModel that prepare_sora_model returned")

@@ -27,9 +27,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .config import RMLoraConfig
-from .errors import ConfigError
-from .param_counts import inference_count, trainable_count
+from rmlora.config import RMLoraConfig
+from rmlora.errors import ConfigError
+from rmlora.methods.param_counts import inference_count, trainable_count
 
 logger = logging.getLogger(__name__)
 STATE_VERSION = 1
@@ -93,7 +93,7 @@ class AdaLoraArguments:
         """
         from peft import AdaLoraConfig
 
-        from .methods import LoraArguments
+        from rmlora.methods.base import LoraArguments
 
         lora = lora or LoraArguments()
         if lora.use_rslora:
@@ -134,7 +134,7 @@ def _adalora_model(model: nn.Module):
     inner = getattr(model, "base_model", None)
     if not isinstance(inner, AdaLoraModel):
         raise ConfigError(
-            "method adalora needs a PEFT AdaLoRA model: build it with rmlora.methods.prepare_model(base_model, "
+            "method adalora needs a PEFT AdaLoRA model: build it with rmlora.methods.base.prepare_model(base_model, "
             "RMLoraConfig(method='adalora'), ...)"
         )
     if getattr(inner, "rankallocator", None) is None:
@@ -143,7 +143,7 @@ def _adalora_model(model: nn.Module):
 
 
 class AdaLoraMethod:
-    """AdaLoRA's hooks for the one training path (rmlora.methods.TrainingMethod)."""
+    """AdaLoRA's hooks for the one training path (rmlora.methods.base.TrainingMethod)."""
 
     uses_penalty = False  # PEFT puts the orthogonal regularizer into outputs.loss itself
 
@@ -248,7 +248,7 @@ class AdaLoraMethod:
 
     def export(self, output_dir: str) -> None:
         """PEFT's AdaLoRA adapter, cut to the kept triplets by PEFT (rank_pattern); vanilla PEFT loads it."""
-        from .saving import save_adapter
+        from rmlora.io.adapters import save_adapter
 
         save_adapter(self.model, output_dir, self)
 
