@@ -18,7 +18,9 @@ import torch
 
 
 def load_package(path: str, name: str):
-    spec = importlib.util.spec_from_file_location(name, f"{path}/rmlora/__init__.py", submodule_search_locations=[f"{path}/rmlora"])
+    spec = importlib.util.spec_from_file_location(
+        name, f"{path}/rmlora/__init__.py", submodule_search_locations=[f"{path}/rmlora"]
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
@@ -30,8 +32,11 @@ def main() -> int:
     parser.add_argument("--other", required=True, help="a folder holding another rmlora package (FOLDER/rmlora)")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--iters", type=int, default=60)
-    parser.add_argument("--count_ops", action="store_true",
-                        help="also count the top-level aten operator calls of one step's hooks (a proxy for GPU kernel launches)")
+    parser.add_argument(
+        "--count_ops",
+        action="store_true",
+        help="also count the top-level aten operator calls of one step's hooks (a proxy for GPU kernel launches)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     from peft import LoraConfig, get_peft_model
@@ -40,8 +45,10 @@ def main() -> int:
     from rmlora.bench.benchmark import build_base_model
 
     impls = {"other": load_package(args.other, "rmlora_other"), "this": rmlora}
-    model = get_peft_model(build_base_model("gpt2-small", args.layers),
-                           LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True))
+    model = get_peft_model(
+        build_base_model("gpt2-small", args.layers),
+        LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True),
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3, fused=True)
     for p in params:
@@ -69,13 +76,20 @@ def main() -> int:
                     times[k].append((t1 - t0, t2 - t1, t4 - t3, t3 - t2))
         for k, rows in times.items():
             pen, before, after, step_s = (statistics.median(x) * 1e6 for x in zip(*rows))
-            print(f"{mode:<7} {k:<6} {pen:>8.0f} {before:>8.0f} {after:>8.0f} {pen + before + after:>8.0f} {step_s:>9.0f}")
+            print(
+                f"{mode:<7} {k:<6} {pen:>8.0f} {before:>8.0f} {after:>8.0f} {pen + before + after:>8.0f} {step_s:>9.0f}"
+            )
         if args.count_ops:
             step = args.iters + 10
             for k, rm in rms.items():
-                ops = [count_ops(lambda: (rm.penalty().backward(), rm.before_optimizer_step(opt, step))),
-                       count_ops(lambda: opt.step()), count_ops(lambda: rm.after_optimizer_step(opt, step))]
-                print(f"{mode:<7} {k:<6} top-level aten calls: penalty + before {ops[0]}, after {ops[2]} (opt.step {ops[1]})")
+                ops = [
+                    count_ops(lambda: (rm.penalty().backward(), rm.before_optimizer_step(opt, step))),
+                    count_ops(lambda: opt.step()),
+                    count_ops(lambda: rm.after_optimizer_step(opt, step)),
+                ]
+                print(
+                    f"{mode:<7} {k:<6} top-level aten calls: penalty + before {ops[0]}, after {ops[2]} (opt.step {ops[1]})"
+                )
                 step += 1
     return 0
 
@@ -86,8 +100,11 @@ def count_ops(fn) -> int:
 
     with profile() as prof:
         fn()
-    return sum(1 for e in prof.events()
-               if e.name.startswith("aten::") and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))
+    return sum(
+        1
+        for e in prof.events()
+        if e.name.startswith("aten::") and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Ties go to the smaller reg_weight, then the smaller r_hat. Never reads a test me
 
     python experiments/choose_hp.py GRID_DIR      # prints "REG_WEIGHT R_HAT"; the grid table goes to stderr
 """
+
 import glob
 import json
 import os
@@ -23,8 +24,11 @@ if not grid:
 best = None
 for _, _, rw, rh, accs in sorted(grid):
     mean = statistics.mean(accs)
-    print(f"reg_weight {rw} r_hat {rh}: validation accuracy {mean:.4f} over {len(accs)} seed(s) "
-          f"({', '.join(f'{a:.4f}' for a in accs)})", file=sys.stderr)
+    print(
+        f"reg_weight {rw} r_hat {rh}: validation accuracy {mean:.4f} over {len(accs)} seed(s) "
+        f"({', '.join(f'{a:.4f}' for a in accs)})",
+        file=sys.stderr,
+    )
     if best is None or mean > best[0]:
         best = (mean, rw, rh)
 print(best[1], best[2])

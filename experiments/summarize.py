@@ -5,6 +5,7 @@ per seed; with --epochs, the mean test accuracy at those epochs (from each run's
 
     python experiments/summarize.py experiments/out/<comparison>/merged [--epochs 40,50,60]
 """
+
 import argparse
 import json
 import os
@@ -23,14 +24,17 @@ for r in rows:
     groups[(r["method"], r.get("rank"))][r["seed"]] = r
 keys = sorted(groups, key=lambda k: (k[1] or 0, order.index(k[0])))
 
+
 def ms(xs, fmt="{:.3f}"):
     xs = [x for x in xs if x is not None]
     if not xs:
         return "–"
     return fmt.format(st.mean(xs)) + (" ± " + fmt.replace("+", "").format(st.stdev(xs)) if len(xs) > 1 else "")
 
+
 def run_file(r, name):
     return os.path.join(args.folder, r.get("run_dir") or os.path.join("runs", r["cell"]), name)
+
 
 def get(r, k):
     m = r["metrics"]
@@ -44,20 +48,29 @@ def get(r, k):
     d = r.get("diagnostics") or {}
     return d.get(k)
 
-print("| Method | R | seeds | test acc | test loss | train acc | gen. error (train − test) | rank ΔW | orth. loss ΔW | eff. rank ΔW | σ₁ ΔW (median over modules) | wall s/run |")
+
+print(
+    "| Method | R | seeds | test acc | test loss | train acc | gen. error (train − test) | rank ΔW | orth. loss ΔW | eff. rank ΔW | σ₁ ΔW (median over modules) | wall s/run |"
+)
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for key in keys:
     rs = list(groups[key].values())
+
     def col(k, fmt="{:.3f}"):
         return ms([get(r, k) for r in rs], fmt)
-    print(f"| {key[0]} | {key[1] if key[1] else '–'} | {len(rs)} | {col('test_accuracy')} | {col('test_loss')} | "
-          f"{col('train_accuracy')} | {col('test_generalization_error')} | {col('mean_rank', '{:.2f}')} | "
-          f"{col('mean_orthogonality_loss', '{:.1f}')} | {col('mean_effective_rank', '{:.2f}')} | "
-          f"{col('median_sigma_max', '{:.3f}')} | {ms([r['wall_time_s'] for r in rs], '{:.0f}')} |")
+
+    print(
+        f"| {key[0]} | {key[1] if key[1] else '–'} | {len(rs)} | {col('test_accuracy')} | {col('test_loss')} | "
+        f"{col('train_accuracy')} | {col('test_generalization_error')} | {col('mean_rank', '{:.2f}')} | "
+        f"{col('mean_orthogonality_loss', '{:.1f}')} | {col('mean_effective_rank', '{:.2f}')} | "
+        f"{col('median_sigma_max', '{:.3f}')} | {ms([r['wall_time_s'] for r in rs], '{:.0f}')} |"
+    )
 
 print()
-print("Paired differences against LoRA at the same R and seed (in points; mean ± sample std over seeds, then per seed; "
-      "'std LoRA' is LoRA's own seed std of test accuracy):")
+print(
+    "Paired differences against LoRA at the same R and seed (in points; mean ± sample std over seeds, then per seed; "
+    "'std LoRA' is LoRA's own seed std of test accuracy):"
+)
 print()
 print("| Method − LoRA | R | seeds | Δ test acc (pts) | per seed | std LoRA (pts) | Δ gen. error (pts) | per seed |")
 print("|---|---:|---:|---:|---|---:|---:|---|")
@@ -67,13 +80,17 @@ for key in keys:
         continue
     base = groups[("lora", R)]
     seeds = sorted(set(groups[key]) & set(base))
+
     def diff(k):
         return [100 * (get(groups[key][s], k) - get(base[s], k)) for s in seeds]
+
     d, dg = diff("test_accuracy"), diff("test_generalization_error")
     sl = [100 * get(base[s], "test_accuracy") for s in base]
-    print(f"| {m} | {R} | {len(seeds)} | {ms(d, '{:+.2f}')} | {', '.join(f'{x:+.1f}' for x in d)} | "
-          f"{ms(sl, '{:.2f}').split(' ± ')[-1] if len(sl) > 1 else '–'} | {ms(dg, '{:+.2f}')} | "
-          f"{', '.join(f'{x:+.1f}' for x in dg)} |")
+    print(
+        f"| {m} | {R} | {len(seeds)} | {ms(d, '{:+.2f}')} | {', '.join(f'{x:+.1f}' for x in d)} | "
+        f"{ms(sl, '{:.2f}').split(' ± ')[-1] if len(sl) > 1 else '–'} | {ms(dg, '{:+.2f}')} | "
+        f"{', '.join(f'{x:+.1f}' for x in dg)} |"
+    )
 
 if args.epochs:
     epochs = [int(e) for e in args.epochs.split(",")]
@@ -88,5 +105,8 @@ if args.epochs:
             for h in map(json.loads, filter(str.strip, open(run_file(r, "history.jsonl")))):
                 if round(h["epoch"]) in epochs and "test_accuracy" in h:
                     at[round(h["epoch"])].append(h["test_accuracy"])
-        print(f"| {key[0]} | {key[1] if key[1] else '–'} | " + " | ".join(
-            f"{st.mean(at[e]):.3f}" if at[e] else "–" for e in epochs) + " |")
+        print(
+            f"| {key[0]} | {key[1] if key[1] else '–'} | "
+            + " | ".join(f"{st.mean(at[e]):.3f}" if at[e] else "–" for e in epochs)
+            + " |"
+        )

@@ -21,8 +21,13 @@ def tiny_bert(num_labels: int = 3, seed: int = 0):
 
     torch.manual_seed(seed)
     cfg = BertConfig(
-        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-        max_position_embeddings=64, num_labels=num_labels,
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=64,
+        num_labels=num_labels,
     )
     return BertForSequenceClassification(cfg).eval()
 
@@ -31,7 +36,9 @@ def tiny_gpt2(num_labels: int = 3, seed: int = 0):
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=64, num_labels=num_labels, pad_token_id=0)
+    cfg = GPT2Config(
+        vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=64, num_labels=num_labels, pad_token_id=0
+    )
     return GPT2ForSequenceClassification(cfg).eval()
 
 
@@ -40,8 +47,15 @@ def tiny_llama(num_labels: int = 3, seed: int = 0):
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, num_labels=num_labels, pad_token_id=0,
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+        pad_token_id=0,
     )
     return LlamaForSequenceClassification(cfg).eval()
 
@@ -51,8 +65,14 @@ def tiny_vit(num_labels: int = 3, seed: int = 0):
 
     torch.manual_seed(seed)
     cfg = ViTConfig(
-        image_size=16, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=48, num_labels=num_labels,
+        image_size=16,
+        patch_size=8,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        num_labels=num_labels,
     )
     return ViTForImageClassification(cfg).eval()
 
@@ -68,17 +88,23 @@ def token_batch(n: int = 8, length: int = 12, num_labels: int = 3, seed: int = 1
 
 def image_batch(n: int = 8, num_labels: int = 3, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
-    return {"pixel_values": torch.randn(n, 3, 16, 16, generator=g), "labels": torch.randint(0, num_labels, (n,), generator=g)}
+    return {
+        "pixel_values": torch.randn(n, 3, 16, 16, generator=g),
+        "labels": torch.randint(0, num_labels, (n,), generator=g),
+    }
 
 
-def peft_bert(r: int = 4, seed: int = 0, target_modules=("query", "value"), rank_pattern=None, init_b_random=True, **kw):
+def peft_bert(
+    r: int = 4, seed: int = 0, target_modules=("query", "value"), rank_pattern=None, init_b_random=True, **kw
+):
     """A tiny BERT with LoRA; B is randomized (PEFT starts it at 0) so that ΔW ≠ 0 in tests."""
     from peft import LoraConfig, get_peft_model
 
     model = tiny_bert(seed=seed)
     kw.setdefault("lora_alpha", 2 * r)
-    cfg = LoraConfig(r=r, target_modules=list(target_modules), modules_to_save=["classifier"],
-                     rank_pattern=rank_pattern or {}, **kw)
+    cfg = LoraConfig(
+        r=r, target_modules=list(target_modules), modules_to_save=["classifier"], rank_pattern=rank_pattern or {}, **kw
+    )
     model = get_peft_model(model, cfg)
     if init_b_random:
         randomize_lora_b(model, seed)

@@ -34,9 +34,19 @@ def _dataset(n=32, seed=1):
 def _trainer(model, out, settings, steps=10, **kw):
     from transformers import TrainingArguments
 
-    args = TrainingArguments(output_dir=out, use_cpu=True, report_to=[], per_device_train_batch_size=8, max_steps=steps,
-                             learning_rate=1e-2, disable_tqdm=True, **{"save_strategy": "no", **kw})
-    return RMLoraTrainer(model=model, args=args, train_dataset=_dataset(), rmlora_config=ADALORA, method_settings=settings)
+    args = TrainingArguments(
+        output_dir=out,
+        use_cpu=True,
+        report_to=[],
+        per_device_train_batch_size=8,
+        max_steps=steps,
+        learning_rate=1e-2,
+        disable_tqdm=True,
+        **{"save_strategy": "no", **kw},
+    )
+    return RMLoraTrainer(
+        model=model, args=args, train_dataset=_dataset(), rmlora_config=ADALORA, method_settings=settings
+    )
 
 
 def _lora_e(model):

@@ -60,10 +60,11 @@ def test_group_by_keeps_first_seen_order():
 
 
 def test_split_and_metric_names():
-    with_test = [{"metrics": {"eval_accuracy": 0.8, "test_accuracy": 0.7, "test_f1": 0.6, "test_loss": 1.0, "test_runtime": 3.0}}]
+    with_test = [
+        {"metrics": {"eval_accuracy": 0.8, "test_accuracy": 0.7, "test_f1": 0.6, "test_loss": 1.0, "test_runtime": 3.0}}
+    ]
     assert split_of(with_test) == "test"
     assert metric_names(with_test, "test") == ["accuracy", "f1"]
     assert metric_names(with_test, "test", include_loss=True) == ["accuracy", "f1", "loss"]
     # one run without a test split makes the whole table report the validation split
     assert split_of(with_test + [{"metrics": {"eval_accuracy": 0.9}}]) == "eval"
-

@@ -33,7 +33,15 @@ def make(method: str, seed: int = 0):
 
 def bert_dims(model):
     c = model.config
-    return c.hidden_size, c.vocab_size, c.max_position_embeddings, c.type_vocab_size, c.num_hidden_layers, c.intermediate_size, c.num_labels
+    return (
+        c.hidden_size,
+        c.vocab_size,
+        c.max_position_embeddings,
+        c.type_vocab_size,
+        c.num_hidden_layers,
+        c.intermediate_size,
+        c.num_labels,
+    )
 
 
 def hand_total(model) -> int:
@@ -89,8 +97,16 @@ def _train(model, config, out, steps=4, lr=1e-2):
 
     b = token_batch(n=16)
     data = Dataset.from_dict({k: v.tolist() for k, v in b.items()})
-    args = TrainingArguments(output_dir=out, use_cpu=True, report_to=[], save_strategy="no", per_device_train_batch_size=4,
-                             max_steps=steps, learning_rate=lr, disable_tqdm=True)
+    args = TrainingArguments(
+        output_dir=out,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        per_device_train_batch_size=4,
+        max_steps=steps,
+        learning_rate=lr,
+        disable_tqdm=True,
+    )
     trainer = RMLoraTrainer(model=model, args=args, train_dataset=data, rmlora_config=config, method_settings=SETTINGS)
     trainer.train()
     trainer.save_model(out)
@@ -104,7 +120,11 @@ def test_full_fine_tuning_updates_every_parameter(tmp_path):
     unchanged = [n for n, p in model.named_parameters() if torch.equal(p, before[n])]
     assert unchanged == []
     with open(os.path.join(tmp_path, "rmlora_config.json")) as f:
-        assert json.load(f)["param_counts"] == trainer.rmlora.param_counts() == {"trainable": hand_total(model), "inference": hand_total(model)}
+        assert (
+            json.load(f)["param_counts"]
+            == trainer.rmlora.param_counts()
+            == {"trainable": hand_total(model), "inference": hand_total(model)}
+        )
 
 
 def _is_trained_part(name: str) -> bool:

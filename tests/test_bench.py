@@ -69,8 +69,28 @@ def test_benchmark_runs_on_bert_and_llama_shapes(model):
 
 def test_json_flag_prints_one_object_with_the_required_fields(capsys, tmp_path):
     saved = tmp_path / "run.json"
-    main(["--model", "gpt2-tiny", "--layers", "1", "--batch_size", "2", "--seq_len", "8", "--repeats", "3",
-          "--hook_iters", "1", "--methods", "rm-lora/grad", "--json", "--quiet", "--output", str(saved)])
+    main(
+        [
+            "--model",
+            "gpt2-tiny",
+            "--layers",
+            "1",
+            "--batch_size",
+            "2",
+            "--seq_len",
+            "8",
+            "--repeats",
+            "3",
+            "--hook_iters",
+            "1",
+            "--methods",
+            "rm-lora/grad",
+            "--json",
+            "--quiet",
+            "--output",
+            str(saved),
+        ]
+    )
     result = json.loads(capsys.readouterr().out)
     for row in result["methods"]:
         assert {"method", "median_step_s", "peak_mem_bytes", "ratio_to_peft_lora"} <= set(row)
@@ -100,8 +120,13 @@ def multi_group_model(seed=0):
     """GPT-2 with four LoRA shape groups of R=8 (one bucket) and a fifth of R=4 (another bucket)."""
     from peft import LoraConfig, get_peft_model
 
-    cfg = LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn", "c_proj", "c_fc"], rank_pattern={"h.1.mlp.c_fc": 4},
-                     fan_in_fan_out=True)
+    cfg = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        target_modules=["c_attn", "c_proj", "c_fc"],
+        rank_pattern={"h.1.mlp.c_fc": 4},
+        fan_in_fan_out=True,
+    )
     model = get_peft_model(tiny_gpt2(seed=seed), cfg)
     g = torch.Generator().manual_seed(seed + 7)
     with torch.no_grad():
@@ -159,7 +184,9 @@ def test_batched_masking_matches_a_per_parameter_loop(mask_mode, sampling):
     cfg = RMLoraConfig(method="gm-lora", r_hat=3, mask_mode=mask_mode, mask_sampling=sampling, seed=3)
     models = [multi_group_model(), multi_group_model()]
     rms = [RMLora(m, cfg) for m in models]
-    opts = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1) for m in models]
+    opts = [
+        torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1) for m in models
+    ]
     for step in range(3):
         for model in models:
             model(**token_batch(seed=step)).loss.backward()
@@ -200,8 +227,11 @@ def test_closed_form_penalty_gradient_adds_to_existing_gradients():
     model = multi_group_model()
     rm = RMLora(model, RMLoraConfig(method="r-lora", reg_weight=0.3))
     params = [p for pair in rm.pairs for p in (pair.A, pair.B)]
-    loop = sum(((pair.A @ pair.A.T - torch.eye(pair.rank)) ** 2).sum() + ((pair.B.T @ pair.B - torch.eye(pair.rank)) ** 2).sum()
-               for pair in rm.pairs)
+    loop = sum(
+        ((pair.A @ pair.A.T - torch.eye(pair.rank)) ** 2).sum()
+        + ((pair.B.T @ pair.B - torch.eye(pair.rank)) ** 2).sum()
+        for pair in rm.pairs
+    )
     want = torch.autograd.grad(0.3 * loop, params)
     start = [torch.randn_like(p) for p in params]
     for i, p in enumerate(params):

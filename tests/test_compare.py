@@ -38,8 +38,19 @@ class FakeTrain:
         self.calls.append(name)
         self.argv[name] = list(argv)
         with open(os.path.join(out, "history.jsonl"), "a") as f:
-            f.write(json.dumps({"epoch": 1.0, "train_loss": 1.0, "eval_loss": 1.1, "train_accuracy": 0.7, "eval_accuracy": 0.6,
-                                "generalization_error": 0.1}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "epoch": 1.0,
+                        "train_loss": 1.0,
+                        "eval_loss": 1.1,
+                        "train_accuracy": 0.7,
+                        "eval_accuracy": 0.6,
+                        "generalization_error": 0.1,
+                    }
+                )
+                + "\n"
+            )
         if name == self.interrupt_at:
             raise KeyboardInterrupt
         if name == self.fail_at:
@@ -47,12 +58,31 @@ class FakeTrain:
         acc = 0.5 + 0.01 * seed + (0.1 if method == "rm-lora" else 0.0)
         diagnostics = None
         if method != "full":
-            diagnostics = {"modules": [{"module": "m", "rank": rank, "lora_rank": rank, "singular_values": [1.0] * rank,
-                                        "orthogonality_loss": 0.0}], "summary": {"mean_rank": rank, "mean_orthogonality_loss": 1.0}}
+            diagnostics = {
+                "modules": [
+                    {
+                        "module": "m",
+                        "rank": rank,
+                        "lora_rank": rank,
+                        "singular_values": [1.0] * rank,
+                        "orthogonality_loss": 0.0,
+                    }
+                ],
+                "summary": {"mean_rank": rank, "mean_orthogonality_loss": 1.0},
+            }
             write_json(os.path.join(out, "diagnostics.json"), diagnostics)
-        metrics = {"method": method, "lora_r": rank, "seed": seed, "task": "rte", "model": "tiny", "primary_metric": "accuracy",
-                   "metrics": {"eval_accuracy": acc, "eval_loss": 1.0}, "param_counts": {"trainable": 100, "inference": 100},
-                   "wall_time_s": 0.1, "versions": {}}
+        metrics = {
+            "method": method,
+            "lora_r": rank,
+            "seed": seed,
+            "task": "rte",
+            "model": "tiny",
+            "primary_metric": "accuracy",
+            "metrics": {"eval_accuracy": acc, "eval_loss": 1.0},
+            "param_counts": {"trainable": 100, "inference": 100},
+            "wall_time_s": 0.1,
+            "versions": {},
+        }
         if diagnostics:
             metrics["diagnostics"] = diagnostics["summary"]
         write_json(os.path.join(out, "metrics.json"), metrics)
@@ -64,6 +94,7 @@ def cells_of(path):
 
 
 # -- grid, overrides ----------------------------------------------------------------------------------
+
 
 def test_grid_names_and_order():
     cells = build_grid(["full", "lora", "rm-lora"], [4, 8], [0, 1])
@@ -87,8 +118,13 @@ def test_overrides_win_for_their_method_only():
     assert flag_map(full)["learning_rate"] == ("1e-5",) and "lora_r" not in flag_map(full)
     assert flag_map(lora) == {"learning_rate": ("1e-3",), "method": ("lora",), "seed": ("1",), "lora_r": ("8",)}
     assert flag_map(sora)["sora_lambda"] == ("1e-3",)
-    for bad, match in [("full", "METHOD:FLAG=VALUE"), ("dora:lr=1", "unknown method"), ("lora:lora_r=4", "--ranks"),
-                       ("adalora:adalora_target_r=2", "--ranks"), ("lora:seed=1", "--seeds")]:
+    for bad, match in [
+        ("full", "METHOD:FLAG=VALUE"),
+        ("dora:lr=1", "unknown method"),
+        ("lora:lora_r=4", "--ranks"),
+        ("adalora:adalora_target_r=2", "--ranks"),
+        ("lora:seed=1", "--seeds"),
+    ]:
         with pytest.raises(ConfigError, match=match):
             parse_overrides([bad])
 
@@ -100,7 +136,9 @@ def test_adalora_and_sora_start_at_twice_the_rank_like_the_paper():
     assert flag_map(cell_args(Cell("sora", 4, 0), [], {}, init_rank_factor=1))["lora_r"] == ("4",)
     # a common or per-method adalora_init_r replaces the 2R default
     assert flag_map(cell_args(Cell("adalora", 4, 0), ["--adalora_init_r", "6"], {}))["adalora_init_r"] == ("6",)
-    assert flag_map(cell_args(Cell("adalora", 4, 0), [], parse_overrides(["adalora:adalora_init_r=12"])))["adalora_init_r"] == ("12",)
+    assert flag_map(cell_args(Cell("adalora", 4, 0), [], parse_overrides(["adalora:adalora_init_r=12"])))[
+        "adalora_init_r"
+    ] == ("12",)
     assert cell_ranks("adalora", cell_args(Cell("adalora", 4, 0), [], {})) == {"trainable": 8, "inference": 4}
     assert cell_ranks("sora", cell_args(Cell("sora", 4, 0), [], {})) == {"trainable": 8, "inference": 8}
     assert cell_ranks("rm-lora", cell_args(Cell("rm-lora", 4, 0), [], {})) == {"trainable": 4, "inference": 4}
@@ -116,6 +154,7 @@ def test_grid_flags_in_the_train_flags_are_refused(tmp_path):
 
 # -- resume -------------------------------------------------------------------------------------------
 
+
 def test_resume_skips_finished_and_reruns_the_interrupted_cell(tmp_path):
     out = str(tmp_path)
     cells = build_grid(["lora", "rm-lora"], [4], [0, 1])  # lora_r4_s0, rm-lora_r4_s0, lora_r4_s1, rm-lora_r4_s1
@@ -126,7 +165,12 @@ def test_resume_skips_finished_and_reruns_the_interrupted_cell(tmp_path):
     assert killed.calls == ["lora_r4_s0", "rm-lora_r4_s0", "lora_r4_s1"]
     assert cells_of(results) == ["lora_r4_s0", "rm-lora_r4_s0"]  # the finished ones, whole lines only
     status = Sweep(out, cells, COMMON).status()
-    assert status == {"lora_r4_s0": "finished", "rm-lora_r4_s0": "finished", "lora_r4_s1": "interrupted", "rm-lora_r4_s1": "todo"}
+    assert status == {
+        "lora_r4_s0": "finished",
+        "rm-lora_r4_s0": "finished",
+        "lora_r4_s1": "interrupted",
+        "rm-lora_r4_s1": "todo",
+    }
 
     again = FakeTrain()
     result = Sweep(out, cells, COMMON, train=again, progress=False).run()
@@ -261,6 +305,7 @@ def test_sigterm_of_an_isolated_sweep_stops_its_child(tmp_path):
 
 # -- results.jsonl ------------------------------------------------------------------------------------
 
+
 def test_damaged_last_line_is_reported_skipped_and_dropped_on_append(tmp_path):
     path = str(tmp_path / "results.jsonl")
     append_result(path, {"cell": "a", "method": "lora", "seed": 0, "metrics": {}})
@@ -277,7 +322,9 @@ def test_damaged_last_line_is_reported_skipped_and_dropped_on_append(tmp_path):
 def test_damaged_middle_line_is_an_error_naming_the_line(tmp_path):
     path = str(tmp_path / "results.jsonl")
     with open(path, "w") as f:
-        f.write('{"cell": "a", "method": "lora", "seed": 0, "metrics": {}}\nnot json\n{"cell": "b", "method": "lora", "seed": 0, "metrics": {}}\n')
+        f.write(
+            '{"cell": "a", "method": "lora", "seed": 0, "metrics": {}}\nnot json\n{"cell": "b", "method": "lora", "seed": 0, "metrics": {}}\n'
+        )
     with pytest.raises(DataError, match=r"results.jsonl:2 .*fix or delete that line"):
         read_results(path)
     with pytest.raises(DataError, match="lacks seed, metrics"):
@@ -301,10 +348,29 @@ def test_a_kill_during_append_leaves_the_old_file(tmp_path, monkeypatch):
 
 # -- the CLI ------------------------------------------------------------------------------------------
 
+
 def test_cli_dry_run_lists_cells_and_their_flags(tmp_path, capsys):
     out = str(tmp_path)
-    rc = rmlora_main(["compare", "--output_dir", out, "--methods", "full,rm-lora", "--ranks", "4", "8", "--seeds", "0",
-                      "--override", "full:learning_rate=1e-5", "--dry_run", "--learning_rate", "1e-3"] + COMMON)
+    rc = rmlora_main(
+        [
+            "compare",
+            "--output_dir",
+            out,
+            "--methods",
+            "full,rm-lora",
+            "--ranks",
+            "4",
+            "8",
+            "--seeds",
+            "0",
+            "--override",
+            "full:learning_rate=1e-5",
+            "--dry_run",
+            "--learning_rate",
+            "1e-3",
+        ]
+        + COMMON
+    )
     assert rc == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == ["full_s0", "rm-lora_r4_s0", "rm-lora_r8_s0"]
@@ -320,7 +386,10 @@ def test_cli_bad_input_is_one_line_and_status_2(tmp_path, capsys):
         (["--methods", "lora", "--override", "lora=1"], "METHOD:FLAG=VALUE"),
         # flags are checked with rmlora train's own parser before anything trains
         (["--methods", "lora", "--no_such_flag", "1"] + COMMON, "cell lora_r8_s0: "),
-        (["--methods", "adalora", "--ranks", "4", "--init_rank_factor", "1"] + COMMON, "cell adalora_r4_s0: adalora_target_r must lie in [0, adalora_init_r)"),
+        (
+            ["--methods", "adalora", "--ranks", "4", "--init_rank_factor", "1"] + COMMON,
+            "cell adalora_r4_s0: adalora_target_r must lie in [0, adalora_init_r)",
+        ),
     ]:
         rc = rmlora_main(["compare", "--output_dir", str(tmp_path)] + argv + ["--dry_run"])
         err = capsys.readouterr().err
@@ -331,7 +400,23 @@ def test_cli_compare_then_report_rebuilds_from_results(tmp_path, monkeypatch, ca
     fake = FakeTrain()
     monkeypatch.setattr(compare_mod, "_train_in_process", fake)
     out = str(tmp_path)
-    rc = rmlora_main(["compare", "--output_dir", out, "--methods", "lora", "rm-lora", "--ranks", "4", "--seeds", "0", "1", "--no_progress"] + COMMON)
+    rc = rmlora_main(
+        [
+            "compare",
+            "--output_dir",
+            out,
+            "--methods",
+            "lora",
+            "rm-lora",
+            "--ranks",
+            "4",
+            "--seeds",
+            "0",
+            "1",
+            "--no_progress",
+        ]
+        + COMMON
+    )
     assert rc == 0 and len(fake.calls) == 4
     report = os.path.join(out, "report.md")
     text = open(report, encoding="utf-8").read()
@@ -358,10 +443,38 @@ def test_tiny_end_to_end_grid(tmp_path, monkeypatch, closed_figures):
     model = save_text_model(str(tmp_path / "tiny-bert"))
     out = str(tmp_path / "cmp")
     argv = [
-        "compare", "--output_dir", out, "--methods", "lora", "rm-lora", "--ranks", "4", "--seeds", "0", "1", "--no_progress",
-        "--model_name_or_path", model, "--task_name", "rte", "--train_file", os.path.join(RTE, "train.tsv"),
-        "--validation_file", os.path.join(RTE, "validation.tsv"), "--num_train_epochs", "2", "--per_device_train_batch_size", "8",
-        "--learning_rate", "1e-2", "--r_hat", "2", "--report_to", "none", "--disable_tqdm", "true",
+        "compare",
+        "--output_dir",
+        out,
+        "--methods",
+        "lora",
+        "rm-lora",
+        "--ranks",
+        "4",
+        "--seeds",
+        "0",
+        "1",
+        "--no_progress",
+        "--model_name_or_path",
+        model,
+        "--task_name",
+        "rte",
+        "--train_file",
+        os.path.join(RTE, "train.tsv"),
+        "--validation_file",
+        os.path.join(RTE, "validation.tsv"),
+        "--num_train_epochs",
+        "2",
+        "--per_device_train_batch_size",
+        "8",
+        "--learning_rate",
+        "1e-2",
+        "--r_hat",
+        "2",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
     ]
     start = time.time()
     assert rmlora_main(argv) == 0
@@ -380,8 +493,9 @@ def test_tiny_end_to_end_grid(tmp_path, monkeypatch, closed_figures):
     lines = text.splitlines()
     header = next(line for line in lines if line.startswith("| Method | # T / I params"))
     assert header == "| Method | # T / I params | seeds | Acc (validation) |"
-    assert [line.split("|")[1].strip() for line in lines if line.startswith("| LoRA") or line.startswith("| RM-LoRA")] == [
-        "LoRA R=4", "RM-LoRA R=4", "LoRA R=4", "RM-LoRA R=4"]  # Table 1, then Table 5
+    assert [
+        line.split("|")[1].strip() for line in lines if line.startswith("| LoRA") or line.startswith("| RM-LoRA")
+    ] == ["LoRA R=4", "RM-LoRA R=4", "LoRA R=4", "RM-LoRA R=4"]  # Table 1, then Table 5
     assert "no separate test split" in text
     for name in ("curves.png", "curves.svg", "spectra.png", "spectra.svg"):
         assert os.path.getsize(os.path.join(out, "figures", name)) > 1000
@@ -390,8 +504,11 @@ def test_tiny_end_to_end_grid(tmp_path, monkeypatch, closed_figures):
     assert len(curves) == 1
     axes = curves[0].axes
     assert [ax.get_title() for ax in axes] == [
-        "validation loss", "validation accuracy", "train accuracy (fixed train subset)",
-        "generalization error (train − validation accuracy)"]
+        "validation loss",
+        "validation accuracy",
+        "train accuracy (fixed train subset)",
+        "generalization error (train − validation accuracy)",
+    ]
     assert all(ax.get_xlabel() == "epoch" for ax in axes)
     assert [ax.get_ylabel() for ax in axes] == ["loss", "accuracy", "accuracy", "train accuracy − validation accuracy"]
     assert all(sorted(line.get_label() for line in ax.get_lines()) == ["LoRA R=4", "RM-LoRA R=4"] for ax in axes)

@@ -48,7 +48,10 @@ def test_r_hat_fraction_and_bounds():
 
 
 def test_method_switches():
-    on = {m: (RMLoraConfig(method=m).uses_penalty, RMLoraConfig(method=m).uses_masking) for m in ("lora", "r-lora", "gm-lora", "rm-lora")}
+    on = {
+        m: (RMLoraConfig(method=m).uses_penalty, RMLoraConfig(method=m).uses_masking)
+        for m in ("lora", "r-lora", "gm-lora", "rm-lora")
+    }
     assert on == {"lora": (False, False), "r-lora": (True, False), "gm-lora": (False, True), "rm-lora": (True, True)}
     assert not RMLoraConfig(method="rm-lora", reg_weight=0).uses_penalty
 

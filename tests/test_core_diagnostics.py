@@ -81,8 +81,12 @@ def test_penalty_terms_match_naive():
     for name, layer in lora_layers(model).items():
         A = layer.lora_A["default"].weight.detach().double()
         B = layer.lora_B["default"].weight.detach().double()
-        np.testing.assert_allclose(diag[name].penalty_a, float(((A @ A.T - torch.eye(4, dtype=torch.float64)) ** 2).sum()), rtol=1e-9)
-        np.testing.assert_allclose(diag[name].penalty_b, float(((B.T @ B - torch.eye(4, dtype=torch.float64)) ** 2).sum()), rtol=1e-9)
+        np.testing.assert_allclose(
+            diag[name].penalty_a, float(((A @ A.T - torch.eye(4, dtype=torch.float64)) ** 2).sum()), rtol=1e-9
+        )
+        np.testing.assert_allclose(
+            diag[name].penalty_b, float(((B.T @ B - torch.eye(4, dtype=torch.float64)) ** 2).sum()), rtol=1e-9
+        )
 
 
 def test_adapter_dir_equals_model_and_inspect_cli(tmp_path, capsys):
@@ -90,15 +94,19 @@ def test_adapter_dir_equals_model_and_inspect_cli(tmp_path, capsys):
     model.save_pretrained(tmp_path)
     from_model = diagnose(model).to_dict()
     from_dir = diagnose(str(tmp_path)).to_dict()
+
     def strip(name):
         return name.replace("base_model.model.", "")
+
     for a, b in zip(from_model["modules"], from_dir["modules"]):
         assert strip(a["module"]) == strip(b["module"])
         np.testing.assert_allclose(a["singular_values"], b["singular_values"], rtol=1e-9)
     assert cli(["inspect", str(tmp_path), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out["modules"]) == 4 and "summary" in out
-    assert {"module", "rank", "orthogonality_loss", "effective_rank", "stable_rank", "singular_values"} <= set(out["modules"][0])
+    assert {"module", "rank", "orthogonality_loss", "effective_rank", "stable_rank", "singular_values"} <= set(
+        out["modules"][0]
+    )
     assert cli(["inspect", str(tmp_path)]) == 0
     assert "mean orthogonality loss" in capsys.readouterr().out
 
@@ -127,7 +135,9 @@ def test_sora_gated_model_diagnostics_fold_the_gate(tmp_path):
 
     cfg = RMLoraConfig(method="sora")
     settings = {"sora": SoraArguments(), "total_steps": 1, "learning_rate": 1e-3}
-    model = prepare_model(tiny_bert(), cfg, LoraArguments(lora_r=4, target_modules="query,value"), task_type="SEQ_CLS", **settings)
+    model = prepare_model(
+        tiny_bert(), cfg, LoraArguments(lora_r=4, target_modules="query,value"), task_type="SEQ_CLS", **settings
+    )
     randomize_lora_b(model)
     method = build_training_method(model, cfg, **settings)
     with torch.no_grad():
@@ -136,8 +146,10 @@ def test_sora_gated_model_diagnostics_fold_the_gate(tmp_path):
     live = diagnose_model(model)
     method.export(str(tmp_path))
     exported = diagnose_adapter(str(tmp_path))
+
     def strip(name):
         return name.replace("base_model.model.", "")
+
     by_name = {strip(m.module): m for m in exported.modules}
     for m in live.modules:
         e = by_name[strip(m.module)]
@@ -148,7 +160,9 @@ def test_sora_gated_model_diagnostics_fold_the_gate(tmp_path):
 def test_adalora_model_diagnostics_match_peft_delta_weight():
     from peft import AdaLoraConfig, get_peft_model
 
-    model = get_peft_model(tiny_bert(), AdaLoraConfig(init_r=4, target_r=2, target_modules=["query", "value"], total_step=10))
+    model = get_peft_model(
+        tiny_bert(), AdaLoraConfig(init_r=4, target_r=2, target_modules=["query", "value"], total_step=10)
+    )
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n or "lora_E" in n:

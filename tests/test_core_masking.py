@@ -75,7 +75,10 @@ def test_strict_mode_leaves_unselected_weights_and_adam_moments_bitwise_unchange
     for step in range(4):
         params = lora_params(model)
         w0 = {n: p.detach().clone() for n, p in params.items()}
-        s0 = {n: {k: v.clone() for k, v in opt.state[p].items() if torch.is_tensor(v) and v.dim()} for n, p in params.items()}
+        s0 = {
+            n: {k: v.clone() for k, v in opt.state[p].items() if torch.is_tensor(v) and v.dim()}
+            for n, p in params.items()
+        }
         backward(model, rm, seed=step)
         rm.before_optimizer_step(opt, step)
         opt.step()

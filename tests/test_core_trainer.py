@@ -17,9 +17,18 @@ def dataset(n=16, seed=3, batch_fn=token_batch):
 
 def args(tmp, **kw):
     base = dict(
-        output_dir=str(tmp), per_device_train_batch_size=4, num_train_epochs=1, learning_rate=1e-2,
-        report_to=[], save_strategy="no", use_cpu=True, logging_steps=1, seed=0, max_grad_norm=1.0,
-        lr_scheduler_type="constant", disable_tqdm=True,
+        output_dir=str(tmp),
+        per_device_train_batch_size=4,
+        num_train_epochs=1,
+        learning_rate=1e-2,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        logging_steps=1,
+        seed=0,
+        max_grad_norm=1.0,
+        lr_scheduler_type="constant",
+        disable_tqdm=True,
     )
     base.update(kw)
     return TrainingArguments(**base)
@@ -31,8 +40,12 @@ def lora_state(model):
 
 def test_masks_once_per_optimizer_step_under_gradient_accumulation(tmp_path):
     model = peft_bert(r=8)
-    tr = RMLoraTrainer(model=model, args=args(tmp_path, gradient_accumulation_steps=2), train_dataset=dataset(16),
-                       rmlora_config=RMLoraConfig(method="rm-lora", r_hat=2))
+    tr = RMLoraTrainer(
+        model=model,
+        args=args(tmp_path, gradient_accumulation_steps=2),
+        train_dataset=dataset(16),
+        rmlora_config=RMLoraConfig(method="rm-lora", r_hat=2),
+    )
     calls = []
     original = tr.rmlora.before_optimizer_step
 
@@ -53,9 +66,17 @@ def test_penalty_enters_once_per_optimizer_step_under_gradient_accumulation(tmp_
     for ga, bs in ((1, 4), (2, 2)):
         model = peft_bert(r=4)
         tr = RMLoraTrainer(
-            model=model, args=args(tmp_path / f"ga{ga}", gradient_accumulation_steps=ga, per_device_train_batch_size=bs,
-                                   max_grad_norm=0.0, optim="sgd", max_steps=1),
-            train_dataset=dataset(4), rmlora_config=RMLoraConfig(method="r-lora", reg_weight=5.0),
+            model=model,
+            args=args(
+                tmp_path / f"ga{ga}",
+                gradient_accumulation_steps=ga,
+                per_device_train_batch_size=bs,
+                max_grad_norm=0.0,
+                optim="sgd",
+                max_steps=1,
+            ),
+            train_dataset=dataset(4),
+            rmlora_config=RMLoraConfig(method="r-lora", reg_weight=5.0),
         )
         tr.train()
         results.append(lora_state(model))
@@ -67,8 +88,12 @@ def test_mask_before_clipping_clips_the_masked_gradient(tmp_path):
     norms = {}
     for before in (True, False):
         model = peft_bert(r=8)
-        tr = RMLoraTrainer(model=model, args=args(tmp_path / str(before), max_steps=1), train_dataset=dataset(4),
-                           rmlora_config=RMLoraConfig(method="gm-lora", r_hat=1, mask_before_clipping=before))
+        tr = RMLoraTrainer(
+            model=model,
+            args=args(tmp_path / str(before), max_steps=1),
+            train_dataset=dataset(4),
+            rmlora_config=RMLoraConfig(method="gm-lora", r_hat=1, mask_before_clipping=before),
+        )
         tr.train()
         norms[before] = tr.state.log_history[0]["grad_norm"]
     assert norms[True] < norms[False]
@@ -77,11 +102,19 @@ def test_mask_before_clipping_clips_the_masked_gradient(tmp_path):
 def test_callback_and_trainer_paths_give_the_same_update_without_clipping(tmp_path):
     cfg = dict(method="rm-lora", r_hat=2, reg_weight=0.5, mask_mode="grad", mask_before_clipping=False)
     m1 = peft_bert(r=8)
-    RMLoraTrainer(model=m1, args=args(tmp_path / "t", max_grad_norm=0.0, max_steps=3), train_dataset=dataset(12),
-                  rmlora_config=RMLoraConfig(**cfg)).train()
+    RMLoraTrainer(
+        model=m1,
+        args=args(tmp_path / "t", max_grad_norm=0.0, max_steps=3),
+        train_dataset=dataset(12),
+        rmlora_config=RMLoraConfig(**cfg),
+    ).train()
     m2 = peft_bert(r=8)
-    Trainer(model=m2, args=args(tmp_path / "c", max_grad_norm=0.0, max_steps=3), train_dataset=dataset(12),
-            callbacks=[RMLoraCallback(RMLoraConfig(**cfg))]).train()
+    Trainer(
+        model=m2,
+        args=args(tmp_path / "c", max_grad_norm=0.0, max_steps=3),
+        train_dataset=dataset(12),
+        callbacks=[RMLoraCallback(RMLoraConfig(**cfg))],
+    ).train()
     s1, s2 = lora_state(m1), lora_state(m2)
     for k in s1:
         torch.testing.assert_close(s1[k], s2[k], rtol=1e-4, atol=1e-6)
@@ -93,8 +126,12 @@ def test_saved_adapter_reloads_in_vanilla_peft_with_identical_logits(tmp_path):
     from peft import PeftModel
 
     model = peft_bert(r=4)
-    tr = RMLoraTrainer(model=model, args=args(tmp_path, max_steps=3), train_dataset=dataset(12),
-                       rmlora_config=RMLoraConfig(method="rm-lora", r_hat=2))
+    tr = RMLoraTrainer(
+        model=model,
+        args=args(tmp_path, max_steps=3),
+        train_dataset=dataset(12),
+        rmlora_config=RMLoraConfig(method="rm-lora", r_hat=2),
+    )
     tr.train()
     out = tmp_path / "adapter"
     tr.rmlora.export(str(out))
@@ -111,13 +148,21 @@ def test_saved_adapter_reloads_in_vanilla_peft_with_identical_logits(tmp_path):
 
 def test_checkpoint_carries_settings_and_resume_checks_them(tmp_path):
     cfg = RMLoraConfig(method="rm-lora", r_hat=2)
-    tr = RMLoraTrainer(model=peft_bert(r=4), args=args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2),
-                       train_dataset=dataset(8), rmlora_config=cfg)
+    tr = RMLoraTrainer(
+        model=peft_bert(r=4),
+        args=args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2),
+        train_dataset=dataset(8),
+        rmlora_config=cfg,
+    )
     tr.train()
     ckpt = tmp_path / "checkpoint-2"
     assert (ckpt / "rmlora_config.json").exists() and (ckpt / "adapter_model.safetensors").exists()
-    other = RMLoraTrainer(model=peft_bert(r=4), args=args(tmp_path, max_steps=4), train_dataset=dataset(8),
-                          rmlora_config=RMLoraConfig(method="rm-lora", r_hat=3))
+    other = RMLoraTrainer(
+        model=peft_bert(r=4),
+        args=args(tmp_path, max_steps=4),
+        train_dataset=dataset(8),
+        rmlora_config=RMLoraConfig(method="rm-lora", r_hat=3),
+    )
     with pytest.raises(ConfigError, match="other RM-LoRA settings"):
         other.train(resume_from_checkpoint=str(ckpt))
 
@@ -135,13 +180,22 @@ def test_lora_methods_update_only_adapters_and_heads(tmp_path, build, targets, b
     from peft import LoraConfig, get_peft_model
 
     model = get_peft_model(
-        build(), LoraConfig(r=4, target_modules=targets, fan_in_fan_out=fan_in_fan_out,
-                            modules_to_save=["classifier"] if build in (tiny_bert, tiny_vit) else ["score"],
-                            rank_pattern={targets[0]: 2})
+        build(),
+        LoraConfig(
+            r=4,
+            target_modules=targets,
+            fan_in_fan_out=fan_in_fan_out,
+            modules_to_save=["classifier"] if build in (tiny_bert, tiny_vit) else ["score"],
+            rank_pattern={targets[0]: 2},
+        ),
     )
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
-    tr = RMLoraTrainer(model=model, args=args(tmp_path, max_steps=3), train_dataset=dataset(12, batch_fn=batch_fn),
-                       rmlora_config=RMLoraConfig(method="rm-lora", r_hat=0.5, mask_mode="strict"))
+    tr = RMLoraTrainer(
+        model=model,
+        args=args(tmp_path, max_steps=3),
+        train_dataset=dataset(12, batch_fn=batch_fn),
+        rmlora_config=RMLoraConfig(method="rm-lora", r_hat=0.5, mask_mode="strict"),
+    )
     tr.train()
     assert {p.rank for p in tr.rmlora.pairs} == {2, 4}
     for n, p in model.named_parameters():

@@ -8,6 +8,7 @@ from rmlora.tasks.metrics import accuracy, exact_match, f1, glue_metrics, normal
 
 # -- SQuAD v1.1 normalization (evaluate-v1.1.py: lower, strip punctuation, drop a/an/the, squeeze spaces) --
 
+
 @pytest.mark.parametrize(
     "text, expected",
     [
@@ -58,6 +59,7 @@ def test_squad_metrics_max_over_gold_answers_and_missing_predictions():
 
 
 # -- GLUE -------------------------------------------------------------------------------------------------
+
 
 def test_matthews_correlation_by_hand():
     # labels / predictions with TP = 3, TN = 2, FP = 1, FN = 2

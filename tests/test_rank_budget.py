@@ -40,6 +40,7 @@ def planted(d_out: int, d_in: int, spectrum, rng) -> np.ndarray:
 
 # -- the analysis of one matrix ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("shape", [(7, 5), (5, 9), (6, 6)])
 def test_singular_values_bound_terms_and_eckart_young_match_dense_svd(shape):
     rng = np.random.default_rng(0)
@@ -90,6 +91,7 @@ def test_names_match_across_prefixes_and_layer_types():
 
 # -- two saved checkpoints with planted discrepancies ----------------------------------------------------------
 
+
 def _plant(model, modules, k: int, seed: int, scale: float = 0.05) -> dict[str, np.ndarray]:
     """Add a rank-k E (d_out x d_in) to each named Linear/Conv1D; returns E per module path."""
     from transformers.pytorch_utils import Conv1D
@@ -110,7 +112,11 @@ def _plant(model, modules, k: int, seed: int, scale: float = 0.05) -> dict[str, 
 def _block_modules(model):
     from transformers.pytorch_utils import Conv1D
 
-    return [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D)) and (".layer." in n or ".h." in n)]
+    return [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, (torch.nn.Linear, Conv1D)) and (".layer." in n or ".h." in n)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +206,9 @@ def test_mismatched_checkpoints_raise(bert_pair, tmp_path):
     from transformers import BertConfig, BertModel
 
     base, target, _ = bert_pair
-    other = BertModel(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=24))
+    other = BertModel(
+        BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=24)
+    )
     other.save_pretrained(tmp_path / "other")
     with pytest.raises(ConfigError, match="same architecture"):
         rank_budget(base, str(tmp_path / "other"), progress=False)
@@ -225,7 +233,9 @@ def adapter_case(request, tmp_path_factory):
     build, targets = (tiny_bert, ["query", "value"]) if request.param == "bert" else (tiny_gpt2, ["c_attn", "c_fc"])
     model = build(seed=0)
     model.save_pretrained(root / "base")
-    peft_model = get_peft_model(build(seed=0), LoraConfig(r=R_NOMINAL, lora_alpha=2 * R_NOMINAL, target_modules=targets))
+    peft_model = get_peft_model(
+        build(seed=0), LoraConfig(r=R_NOMINAL, lora_alpha=2 * R_NOMINAL, target_modules=targets)
+    )
     rng = np.random.default_rng(5)
     deltas = {}
     with torch.no_grad():
@@ -270,7 +280,9 @@ def test_adapter_budget_on_planted_intrinsic_rank(adapter_case):
         # the adapter's own ΔW (d_out x d_in) against E: catches a transposed Conv1D
         assert a.delta_error == pytest.approx(np.linalg.norm(E - delta) / np.linalg.norm(E), rel=1e-4)
     s = budget.summary["adapter"]
-    assert s["mean_intrinsic_rank"] == R_INTRINSIC and s["sum_gap"] == pytest.approx(4 * (SPECTRUM[2] - SPECTRUM[4]), rel=1e-3)
+    assert s["mean_intrinsic_rank"] == R_INTRINSIC and s["sum_gap"] == pytest.approx(
+        4 * (SPECTRUM[2] - SPECTRUM[4]), rel=1e-3
+    )
 
 
 def test_adapter_on_another_base_raises(adapter_case, bert_pair, gpt2_pair):
@@ -290,7 +302,10 @@ def test_adapter_with_mismatched_shapes_raises(adapter_case, tmp_path):
     tensors[key] = torch.zeros(tensors[key].shape[0], tensors[key].shape[1] + 1)
     os.makedirs(tmp_path / "bad")
     save_file(tensors, str(tmp_path / "bad" / "adapter_model.safetensors"))
-    with open(os.path.join(adapter, "adapter_config.json")) as f, open(tmp_path / "bad" / "adapter_config.json", "w") as g:
+    with (
+        open(os.path.join(adapter, "adapter_config.json")) as f,
+        open(tmp_path / "bad" / "adapter_config.json", "w") as g,
+    ):
         g.write(f.read())
     with pytest.raises(AdapterError, match="another base"):
         rank_budget(base, target, adapter=str(tmp_path / "bad"), progress=False)
@@ -298,10 +313,28 @@ def test_adapter_with_mismatched_shapes_raises(adapter_case, tmp_path):
 
 # -- the command ------------------------------------------------------------------------------------------------
 
+
 def test_cli_json_table_figure_and_errors(adapter_case, tmp_path, capsys):
     base, target, adapter, _, deltas = adapter_case
-    assert cli_main(["rank-budget", "--base", base, "--target", target, "--ranks", "1,2,4", "--json",
-                     "--adapter", adapter, "--output_dir", str(tmp_path)]) == 0
+    assert (
+        cli_main(
+            [
+                "rank-budget",
+                "--base",
+                base,
+                "--target",
+                target,
+                "--ranks",
+                "1,2,4",
+                "--json",
+                "--adapter",
+                adapter,
+                "--output_dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["ranks"] == [1, 2, 4] and len(out["modules"]) == len(deltas)
     assert all(m["adapter"]["intrinsic_rank"] == R_INTRINSIC for m in out["modules"])

@@ -16,8 +16,17 @@ def one_line(e):
 
 
 def args(tmp, **kw):
-    base = dict(output_dir=str(tmp), per_device_train_batch_size=4, max_steps=3, learning_rate=1e-2, report_to=[],
-                save_strategy="no", use_cpu=True, disable_tqdm=True, logging_steps=1)
+    base = dict(
+        output_dir=str(tmp),
+        per_device_train_batch_size=4,
+        max_steps=3,
+        learning_rate=1e-2,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        logging_steps=1,
+    )
     base.update(kw)
     return TrainingArguments(**base)
 
@@ -55,8 +64,16 @@ def test_adapter_that_does_not_fit_the_base_model(tmp_path):
     assert one_line(e)
     from transformers import BertConfig, BertForSequenceClassification
 
-    wider = BertForSequenceClassification(BertConfig(vocab_size=64, hidden_size=48, num_hidden_layers=2,
-                                                     num_attention_heads=4, intermediate_size=48, num_labels=3))
+    wider = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=64,
+            hidden_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=48,
+            num_labels=3,
+        )
+    )
     with pytest.raises(AdapterError, match="do not fit the base layer"):
         load_adapter(wider, str(tmp_path / "bert"))
     # and the matching base loads, with the same outputs as the saved model
@@ -84,8 +101,12 @@ class NaNAfter(torch.nn.Module):
 
 def test_nonfinite_loss_stops_with_the_step_number(tmp_path):
     model = peft_bert(r=4)
-    tr = RMLoraTrainer(model=model, args=args(tmp_path, remove_unused_columns=False), train_dataset=data(),
-                       rmlora_config=RMLoraConfig())
+    tr = RMLoraTrainer(
+        model=model,
+        args=args(tmp_path, remove_unused_columns=False),
+        train_dataset=data(),
+        rmlora_config=RMLoraConfig(),
+    )
     tr.model = NaNAfter(model, {1})
     tr.model_wrapped = tr.model
     with pytest.raises(NonFiniteLossError, match="at optimizer step 1") as e:
@@ -95,8 +116,13 @@ def test_nonfinite_loss_stops_with_the_step_number(tmp_path):
 
 def test_nonfinite_loss_skip_leaves_weights_and_moments_untouched(tmp_path):
     model = peft_bert(r=4)
-    tr = RMLoraTrainer(model=model, args=args(tmp_path, weight_decay=0.1, remove_unused_columns=False), train_dataset=data(),
-                       rmlora_config=RMLoraConfig(method="r-lora"), nonfinite_loss="skip")
+    tr = RMLoraTrainer(
+        model=model,
+        args=args(tmp_path, weight_decay=0.1, remove_unused_columns=False),
+        train_dataset=data(),
+        rmlora_config=RMLoraConfig(method="r-lora"),
+        nonfinite_loss="skip",
+    )
     tr.model = NaNAfter(model, {1})
     tr.model_wrapped = tr.model
     snapshots = []
@@ -118,8 +144,12 @@ def test_nonfinite_loss_skip_leaves_weights_and_moments_untouched(tmp_path):
 
 def test_bf16_training_keeps_penalty_float32(tmp_path):
     model = peft_bert(r=4)
-    tr = RMLoraTrainer(model=model, args=args(tmp_path, bf16=True), train_dataset=data(),
-                       rmlora_config=RMLoraConfig(method="rm-lora", r_hat=2))
+    tr = RMLoraTrainer(
+        model=model,
+        args=args(tmp_path, bf16=True),
+        train_dataset=data(),
+        rmlora_config=RMLoraConfig(method="rm-lora", r_hat=2),
+    )
     tr.train()
     assert tr.rmlora.penalty().dtype == torch.float32
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -133,8 +163,19 @@ RTE = "tests/fixtures/glue/rte"
     "argv, message",
     [
         (["--task_name", "foo"], "unknown --task_name 'foo'"),
-        (["--task_name", "rte", "--gguf_file", "nope.gguf", "--train_file", f"{RTE}/train.tsv",
-          "--validation_file", f"{RTE}/validation.tsv"], "GGUF file"),
+        (
+            [
+                "--task_name",
+                "rte",
+                "--gguf_file",
+                "nope.gguf",
+                "--train_file",
+                f"{RTE}/train.tsv",
+                "--validation_file",
+                f"{RTE}/validation.tsv",
+            ],
+            "GGUF file",
+        ),
     ],
 )
 def test_cli_bad_task_and_missing_gguf_answer_in_one_line(tmp_path, capsys, argv, message):

@@ -13,7 +13,9 @@ from rmlora.harness.report import format_count, render, table1, table5, table_qa
 from rmlora.io.run_files import append_result
 
 
-def record(method, rank, seed, metrics, params=(1_260_000, 1_260_000), mean_rank=None, orth=None, task="rte", ranks=None):
+def record(
+    method, rank, seed, metrics, params=(1_260_000, 1_260_000), mean_rank=None, orth=None, task="rte", ranks=None
+):
     r = {
         "cell": f"{method}_s{seed}" if rank is None else f"{method}_r{rank}_s{seed}",
         "method": method,
@@ -35,7 +37,7 @@ def record(method, rank, seed, metrics, params=(1_260_000, 1_260_000), mean_rank
 
 def parse_table(text: str, heading: str) -> tuple[list[str], list[list[str]]]:
     """Header cells and body rows of the markdown table that follows `heading`."""
-    lines = text[text.index(heading):].splitlines()
+    lines = text[text.index(heading) :].splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("|"))
     table = []
     for line in lines[start:]:
@@ -49,7 +51,9 @@ def parse_table(text: str, heading: str) -> tuple[list[str], list[list[str]]]:
 def glue_records():
     recs = []
     for seed, acc in enumerate([0.82, 0.84]):
-        recs.append(record("full", None, seed, {"test_accuracy": acc, "test_loss": 0.5}, params=(184_000_000, 184_000_000)))
+        recs.append(
+            record("full", None, seed, {"test_accuracy": acc, "test_loss": 0.5}, params=(184_000_000, 184_000_000))
+        )
     for seed, (acc, rank, orth) in enumerate([(0.80, 7, 410.0), (0.84, 7, 400.0), (0.86, 8, 390.0)]):
         recs.append(record("lora", 8, seed, {"test_accuracy": acc, "eval_accuracy": 0.9}, mean_rank=rank, orth=orth))
     for seed, (acc, rank, orth) in enumerate([(0.85, 8, 60.0), (0.87, 8, 58.0), (0.89, 8, 56.0)]):
@@ -99,7 +103,16 @@ def test_qa_layout_em_f1_and_ranks():
     for seed, (em, f1) in enumerate([(87.4, 93.3), (87.6, 93.5)]):
         recs.append(record("lora", 8, seed, {"eval_exact_match": em, "eval_f1": f1}, params=(1_330_000, 1_330_000)))
     for seed, (em, f1) in enumerate([(86.4, 92.8), (86.6, 92.9)]):
-        recs.append(record("adalora", 4, seed, {"eval_exact_match": em, "eval_f1": f1}, params=(1_330_000, 670_000), ranks={"trainable": 8, "inference": 4}))
+        recs.append(
+            record(
+                "adalora",
+                4,
+                seed,
+                {"eval_exact_match": em, "eval_f1": f1},
+                params=(1_330_000, 670_000),
+                ranks={"trainable": 8, "inference": 4},
+            )
+        )
     recs.append(record("full", None, 0, {"eval_exact_match": 87.8, "eval_f1": 93.6}, params=(184_000_000, 184_000_000)))
     headers, rows = parse_table(table_qa(recs), "| Method")
     assert headers == ["Method", "# T / I rank", "# T / I params", "seeds", "EM (validation)", "F1 (validation)"]
@@ -123,7 +136,10 @@ def test_render_sections_and_empty_results(glue_records):
 
 
 def _diagnostics(values_per_module):
-    return {"modules": [{"module": f"m{i}", "singular_values": v} for i, v in enumerate(values_per_module)], "summary": {}}
+    return {
+        "modules": [{"module": f"m{i}", "singular_values": v} for i, v in enumerate(values_per_module)],
+        "summary": {},
+    }
 
 
 def test_run_spectrum_pads_with_zeros_and_averages_modules():
@@ -155,8 +171,19 @@ def test_write_report_from_a_folder(tmp_path, glue_records, closed_figures):
         os.makedirs(run_dir)
         with open(os.path.join(run_dir, "history.jsonl"), "w") as f:
             for epoch in (1, 2):
-                f.write(json.dumps({"epoch": epoch, "train_loss": 1.0 / epoch, "eval_loss": 1.2 / epoch, "train_accuracy": 0.6 + 0.1 * epoch,
-                                    "eval_accuracy": 0.5 + 0.1 * epoch, "generalization_error": 0.1}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "epoch": epoch,
+                            "train_loss": 1.0 / epoch,
+                            "eval_loss": 1.2 / epoch,
+                            "train_accuracy": 0.6 + 0.1 * epoch,
+                            "eval_accuracy": 0.5 + 0.1 * epoch,
+                            "generalization_error": 0.1,
+                        }
+                    )
+                    + "\n"
+                )
         if r["method"] != "full":
             with open(os.path.join(run_dir, "diagnostics.json"), "w") as f:
                 json.dump(_diagnostics([[1.5, 1.0, 0.5, 0.25][: min(4, r["rank"])]]), f)
@@ -173,7 +200,11 @@ def test_write_report_from_a_folder(tmp_path, glue_records, closed_figures):
     # two ranks: the curves of all rows, then one figure per R with that R's rows and full FT
     curves = [fig for fig in closed_figures if fig is not None and len(fig.axes) == 4]
     labels = [sorted(line.get_label() for line in fig.axes[0].get_lines()) for fig in curves]
-    assert labels == [["Full FT", "LoRA R=4", "LoRA R=8", "RM-LoRA R=8"], ["Full FT", "LoRA R=4"], ["Full FT", "LoRA R=8", "RM-LoRA R=8"]]
+    assert labels == [
+        ["Full FT", "LoRA R=4", "LoRA R=8", "RM-LoRA R=8"],
+        ["Full FT", "LoRA R=4"],
+        ["Full FT", "LoRA R=8", "RM-LoRA R=8"],
+    ]
     assert [fig._suptitle.get_text() if fig._suptitle else None for fig in curves] == [None, "R = 4", "R = 8"]
     for name in ("curves.png", "curves-R4.png", "curves-R8.svg"):
         assert os.path.getsize(os.path.join(out, "figures", name)) > 1000

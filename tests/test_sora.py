@@ -19,8 +19,13 @@ SORA = RMLoraConfig(method="sora")
 
 
 def sora_model(builder=tiny_bert, r=4, targets="query,value", rslora=False, seed=0, randomize=True):
-    lora = LoraArguments(lora_r=r, lora_alpha=2 * r, target_modules=targets, modules_to_save="classifier" if builder is tiny_bert else "score",
-                         use_rslora=rslora)
+    lora = LoraArguments(
+        lora_r=r,
+        lora_alpha=2 * r,
+        target_modules=targets,
+        modules_to_save="classifier" if builder is tiny_bert else "score",
+        use_rslora=rslora,
+    )
     torch.manual_seed(seed)
     model = prepare_model(builder(), SORA, lora, task_type="SEQ_CLS")
     if randomize:  # PEFT starts B at 0; a nonzero B makes the gates visible in the output
@@ -157,8 +162,16 @@ def _dataset(n=32, seed=1):
 def _trainer(model, out, settings, steps=8, **kw):
     from transformers import TrainingArguments
 
-    args = TrainingArguments(output_dir=out, use_cpu=True, report_to=[], per_device_train_batch_size=8, max_steps=steps,
-                             learning_rate=1e-2, disable_tqdm=True, **{"save_strategy": "no", **kw})
+    args = TrainingArguments(
+        output_dir=out,
+        use_cpu=True,
+        report_to=[],
+        per_device_train_batch_size=8,
+        max_steps=steps,
+        learning_rate=1e-2,
+        disable_tqdm=True,
+        **{"save_strategy": "no", **kw},
+    )
     return RMLoraTrainer(model=model, args=args, train_dataset=_dataset(), rmlora_config=SORA, method_settings=settings)
 
 
@@ -182,12 +195,16 @@ def test_trainer_loss_carries_the_l1_term_and_gates_use_their_own_optimizer(tmp_
     trainer.train()
     owned = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
     assert not any(id(g) in owned for g in gates)
-    assert {id(p) for group in trainer.rmlora.gate_optimizer.param_groups for p in group["params"]} == {id(g) for g in gates}
+    assert {id(p) for group in trainer.rmlora.gate_optimizer.param_groups for p in group["params"]} == {
+        id(g) for g in gates
+    }
     assert trainer.rmlora.sparsity() > 0  # ξ and λ pruned some directions
 
 
-@pytest.mark.parametrize("builder, targets, rslora", [(tiny_bert, "query,value", False), (tiny_bert, "query,value", True),
-                                                       (tiny_gpt2, "c_attn,c_fc", False)])
+@pytest.mark.parametrize(
+    "builder, targets, rslora",
+    [(tiny_bert, "query,value", False), (tiny_bert, "query,value", True), (tiny_gpt2, "c_attn,c_fc", False)],
+)
 def test_export_prunes_folds_and_reloads_in_vanilla_peft(tmp_path, builder, targets, rslora):
     from peft import PeftModel
 
@@ -265,7 +282,9 @@ def test_resume_restores_gates_and_gate_optimizer(tmp_path):
     settings = {"sora": SoraArguments(sora_lambda=0.5, sora_xi=0.01, sora_gate_lr=0.05)}
     full = _trainer(sora_model(randomize=False), str(tmp_path / "full"), settings, steps=6)
     full.train()
-    cut = _trainer(sora_model(randomize=False), str(tmp_path / "cut"), settings, steps=6, save_strategy="steps", save_steps=3)
+    cut = _trainer(
+        sora_model(randomize=False), str(tmp_path / "cut"), settings, steps=6, save_strategy="steps", save_steps=3
+    )
     cut.train()
     checkpoint = str(tmp_path / "cut" / "checkpoint-3")
     assert os.path.exists(os.path.join(checkpoint, "rmlora_state.safetensors"))

@@ -67,7 +67,11 @@ def test_eq8_bound_matches_a_hand_evaluation():
     n1, n2 = np.linalg.norm(Wb[0]), np.linalg.norm(Wb[1])
     root_sigma = math.sqrt(math.sqrt(4))  # sqrt(‖I_4‖_F)
     # β as printed: i=1: √‖Σ‖ ‖W̄1‖ + ‖b̄1‖; i=2: √‖Σ‖ ‖W̄1‖‖W̄2‖ + (Π_{k=2}^{1} = 1)‖b̄1‖ + ‖b̄2‖
-    beta = max(root_sigma * n1 + np.linalg.norm(b[0]), root_sigma * n1 * n2 + np.linalg.norm(b[0]) + np.linalg.norm(b[1]), root_sigma)
+    beta = max(
+        root_sigma * n1 + np.linalg.norm(b[0]),
+        root_sigma * n1 * n2 + np.linalg.norm(b[0]) + np.linalg.norm(b[1]),
+        root_sigma,
+    )
     for R in (0, 1, 3):
         e = [np.linalg.svd(E.numpy(), compute_uv=False)[R] for E in p.discrepancies]
         growth = max(n1 + e[0], n2 + e[1])
@@ -99,8 +103,24 @@ def test_config_is_validated():
 
 
 def test_cli_json_and_figure(tmp_path, capsys):
-    argv = ["synthetic", "--width", "4", "--depth", "2", "--ranks", "1,4", "--steps", "60", "--seeds", "1",
-            "--test_size", "128", "--output_dir", str(tmp_path), "--json"]
+    argv = [
+        "synthetic",
+        "--width",
+        "4",
+        "--depth",
+        "2",
+        "--ranks",
+        "1,4",
+        "--steps",
+        "60",
+        "--seeds",
+        "1",
+        "--test_size",
+        "128",
+        "--output_dir",
+        str(tmp_path),
+        "--json",
+    ]
     assert cli_main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert [row["rank"] for row in out["summary"]] == [1, 4]

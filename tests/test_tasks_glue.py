@@ -25,7 +25,9 @@ def _predict(model_dir, adapter_dir, pairs, num_labels):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(adapter_dir)
-    base = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=num_labels, ignore_mismatched_sizes=True)
+    base = AutoModelForSequenceClassification.from_pretrained(
+        model_dir, num_labels=num_labels, ignore_mismatched_sizes=True
+    )
     model = PeftModel.from_pretrained(base, adapter_dir).eval()
     enc = tok([a for a, _ in pairs], [b for _, b in pairs], padding=True, return_tensors="pt")
     with torch.no_grad():
@@ -38,17 +40,33 @@ def test_rte_tsv_trains_and_the_saved_adapter_reproduces_eval_accuracy(bert_dir,
     out = tmp_path / "out"
     m = run_train(
         [
-            "--model_name_or_path", bert_dir, "--task_name", "rte",
-            "--train_file", os.path.join(GLUE, "rte", "train.tsv"),
-            "--validation_file", os.path.join(GLUE, "rte", "validation.tsv"),
-            "--method", "rm-lora", "--learning_rate", "5e-2", "--num_train_epochs", "3",
+            "--model_name_or_path",
+            bert_dir,
+            "--task_name",
+            "rte",
+            "--train_file",
+            os.path.join(GLUE, "rte", "train.tsv"),
+            "--validation_file",
+            os.path.join(GLUE, "rte", "validation.tsv"),
+            "--method",
+            "rm-lora",
+            "--learning_rate",
+            "5e-2",
+            "--num_train_epochs",
+            "3",
         ],
         out,
     )
     assert m["task"] == "rte" and m["method"] == "rm-lora" and m["lora_r"] == 4 and m["primary_metric"] == "accuracy"
     assert {"eval_accuracy", "eval_loss", "train_accuracy", "generalization_error"} <= set(m["metrics"])
     assert m["param_counts"]["trainable"] > 0 and m["diagnostics"]["num_modules"] > 0
-    for f in ("adapter_config.json", "adapter_model.safetensors", "history.jsonl", "diagnostics.json", "tokenizer.json"):
+    for f in (
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "history.jsonl",
+        "diagnostics.json",
+        "tokenizer.json",
+    ):
         assert (out / f).exists(), f
 
     # independent check: the validation tsv read with the csv module, labels mapped by GLUE's names
@@ -71,10 +89,20 @@ def test_stsb_csv_is_a_regression_scored_by_pearson(bert_dir, tmp_path):
     out = tmp_path / "out"
     m = run_train(
         [
-            "--model_name_or_path", bert_dir, "--task_name", "stsb",
-            "--train_file", os.path.join(GLUE, "stsb", "train.csv"),
-            "--validation_file", os.path.join(GLUE, "stsb", "validation.csv"),
-            "--method", "lora", "--learning_rate", "2e-2", "--num_train_epochs", "2",
+            "--model_name_or_path",
+            bert_dir,
+            "--task_name",
+            "stsb",
+            "--train_file",
+            os.path.join(GLUE, "stsb", "train.csv"),
+            "--validation_file",
+            os.path.join(GLUE, "stsb", "validation.csv"),
+            "--method",
+            "lora",
+            "--learning_rate",
+            "2e-2",
+            "--num_train_epochs",
+            "2",
         ],
         out,
     )
@@ -90,9 +118,18 @@ def test_mrpc_json_lines_with_a_validation_carve_reports_accuracy_and_f1(bert_di
     out = tmp_path / "out"
     m = run_train(
         [
-            "--model_name_or_path", bert_dir, "--task_name", "mrpc",
-            "--train_file", os.path.join(GLUE, "mrpc", "train.json"),
-            "--validation_split_percentage", "25", "--method", "gm-lora", "--num_train_epochs", "1",
+            "--model_name_or_path",
+            bert_dir,
+            "--task_name",
+            "mrpc",
+            "--train_file",
+            os.path.join(GLUE, "mrpc", "train.json"),
+            "--validation_split_percentage",
+            "25",
+            "--method",
+            "gm-lora",
+            "--num_train_epochs",
+            "1",
         ],
         out,
     )
@@ -108,10 +145,20 @@ def test_sst2_parquet_on_a_decoder_without_pad_token(tmp_path, monkeypatch):
     gpt2 = save_text_model(str(tmp_path / "gpt2"), "gpt2")
     m = run_train(
         [
-            "--model_name_or_path", gpt2, "--task_name", "sst2",
-            "--train_file", os.path.join(GLUE, "sst2", "train.parquet"),
-            "--validation_file", os.path.join(GLUE, "sst2", "validation.parquet"),
-            "--method", "r-lora", "--num_train_epochs", "1", "--lora_placement", "all",
+            "--model_name_or_path",
+            gpt2,
+            "--task_name",
+            "sst2",
+            "--train_file",
+            os.path.join(GLUE, "sst2", "train.parquet"),
+            "--validation_file",
+            os.path.join(GLUE, "sst2", "validation.parquet"),
+            "--method",
+            "r-lora",
+            "--num_train_epochs",
+            "1",
+            "--lora_placement",
+            "all",
         ],
         tmp_path / "out",
     )
@@ -139,15 +186,51 @@ def _write(path, text):
 )
 def test_bad_glue_files_fail_with_one_line(bert_dir, tmp_path, capsys, train_text, message):
     train = _write(tmp_path / "train.tsv", train_text)
-    rc = main(["train", "--model_name_or_path", bert_dir, "--task_name", "rte", "--train_file", train, "--output_dir", str(tmp_path / "o")])
+    rc = main(
+        [
+            "train",
+            "--model_name_or_path",
+            bert_dir,
+            "--task_name",
+            "rte",
+            "--train_file",
+            train,
+            "--output_dir",
+            str(tmp_path / "o"),
+        ]
+    )
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rmlora train: error:")]
     assert rc == 2 and len(errors) == 1 and message in errors[0], errors
 
 
 def test_missing_file_and_label_id_outside_the_set(bert_dir, tmp_path, capsys):
-    rc = main(["train", "--model_name_or_path", bert_dir, "--task_name", "rte", "--train_file", str(tmp_path / "nope.tsv"), "--output_dir", str(tmp_path / "o")])
+    rc = main(
+        [
+            "train",
+            "--model_name_or_path",
+            bert_dir,
+            "--task_name",
+            "rte",
+            "--train_file",
+            str(tmp_path / "nope.tsv"),
+            "--output_dir",
+            str(tmp_path / "o"),
+        ]
+    )
     assert rc == 2 and "does not exist" in capsys.readouterr().err
     train = _write(tmp_path / "train.csv", "sentence1,sentence2,label\na,b,1\nc,d,2\n")  # RTE has ids 0 and 1 only
-    rc = main(["train", "--model_name_or_path", bert_dir, "--task_name", "rte", "--train_file", train, "--output_dir", str(tmp_path / "o")])
+    rc = main(
+        [
+            "train",
+            "--model_name_or_path",
+            bert_dir,
+            "--task_name",
+            "rte",
+            "--train_file",
+            train,
+            "--output_dir",
+            str(tmp_path / "o"),
+        ]
+    )
     assert rc == 2 and "label 2 in row 1" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "o" / "metrics.json")

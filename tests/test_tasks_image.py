@@ -61,9 +61,22 @@ def test_head_placement_caches_features_and_its_adapter_fits_the_full_model(tmp_
     tmp_env(monkeypatch, tmp_path)
     vit = save_vit(str(tmp_path / "vit"))
     args = [
-        "--model_name_or_path", vit, "--task_name", "image", "--data_dir", IMAGES,
-        "--lora_placement", "head", "--method", "rm-lora", "--num_train_epochs", "3", "--learning_rate", "5e-2",
-        "--feature_cache_dir", str(tmp_path / "features"),
+        "--model_name_or_path",
+        vit,
+        "--task_name",
+        "image",
+        "--data_dir",
+        IMAGES,
+        "--lora_placement",
+        "head",
+        "--method",
+        "rm-lora",
+        "--num_train_epochs",
+        "3",
+        "--learning_rate",
+        "5e-2",
+        "--feature_cache_dir",
+        str(tmp_path / "features"),
     ]
     first = run_train(args, tmp_path / "a")
     second = run_train(args, tmp_path / "b")
@@ -100,10 +113,27 @@ def test_full_fine_tuning_of_the_head_alone_on_cached_features(tmp_path, monkeyp
 
     tmp_env(monkeypatch, tmp_path)
     vit = save_vit(str(tmp_path / "vit"))
-    result = run_train([
-        "--model_name_or_path", vit, "--task_name", "image", "--data_dir", IMAGES, "--lora_placement", "head",
-        "--method", "full", "--num_train_epochs", "2", "--learning_rate", "5e-2",
-        "--feature_cache_dir", str(tmp_path / "features")], tmp_path / "full")
+    result = run_train(
+        [
+            "--model_name_or_path",
+            vit,
+            "--task_name",
+            "image",
+            "--data_dir",
+            IMAGES,
+            "--lora_placement",
+            "head",
+            "--method",
+            "full",
+            "--num_train_epochs",
+            "2",
+            "--learning_rate",
+            "5e-2",
+            "--feature_cache_dir",
+            str(tmp_path / "features"),
+        ],
+        tmp_path / "full",
+    )
     assert result["feature_cache"]["head"] == "classifier"
     assert result["param_counts"]["trainable"] == 32 * 3 + 3  # the 32 -> 3 classifier, nothing else
     assert not (tmp_path / "full" / "model.safetensors").exists()
@@ -119,7 +149,8 @@ def test_full_fine_tuning_of_the_head_alone_on_cached_features(tmp_path, monkeyp
         logits = model(**processor(images, return_tensors="pt")).logits
     assert result["metrics"]["test_accuracy"] == pytest.approx((logits.argmax(-1).numpy() == np.array(labels)).mean())
     assert result["metrics"]["test_loss"] == pytest.approx(
-        torch.nn.functional.cross_entropy(logits, torch.tensor(labels)).item(), rel=1e-4)
+        torch.nn.functional.cross_entropy(logits, torch.tensor(labels)).item(), rel=1e-4
+    )
 
 
 def test_fashion_mnist_idx_with_lora_on_all_layers_and_resized_images(tmp_path, monkeypatch):
@@ -127,9 +158,22 @@ def test_fashion_mnist_idx_with_lora_on_all_layers_and_resized_images(tmp_path, 
     vit = save_vit(str(tmp_path / "vit"))
     m = run_train(
         [
-            "--model_name_or_path", vit, "--task_name", "fashion_mnist", "--data_dir", FASHION,
-            "--lora_placement", "all", "--image_size", "32", "--method", "gm-lora",
-            "--validation_split_percentage", "20", "--num_train_epochs", "1",
+            "--model_name_or_path",
+            vit,
+            "--task_name",
+            "fashion_mnist",
+            "--data_dir",
+            FASHION,
+            "--lora_placement",
+            "all",
+            "--image_size",
+            "32",
+            "--method",
+            "gm-lora",
+            "--validation_split_percentage",
+            "20",
+            "--num_train_epochs",
+            "1",
         ],
         tmp_path / "out",
     )
@@ -140,5 +184,7 @@ def test_fashion_mnist_idx_with_lora_on_all_layers_and_resized_images(tmp_path, 
     from transformers import AutoModelForImageClassification
 
     full = AutoModelForImageClassification.from_pretrained(vit)
-    backbone_linears = [n for n, mod in full.named_modules() if isinstance(mod, torch.nn.Linear) and n.startswith("vit.")]
+    backbone_linears = [
+        n for n, mod in full.named_modules() if isinstance(mod, torch.nn.Linear) and n.startswith("vit.")
+    ]
     assert sorted(m["target_modules"].split(",")) == sorted(backbone_linears)

@@ -26,10 +26,22 @@ def test_read_squad_json_keeps_every_question_and_its_gold_answers():
 
 
 def test_an_answer_that_is_not_at_its_answer_start_names_the_question(tmp_path):
-    doc = {"data": [{"title": "t", "paragraphs": [{"context": "alice was in paris", "qas": [
-        {"id": "good-1", "question": "who?", "answers": [{"text": "alice", "answer_start": 0}]},
-        {"id": "bad-7", "question": "where?", "answers": [{"text": "paris", "answer_start": 3}]},
-    ]}]}]}
+    doc = {
+        "data": [
+            {
+                "title": "t",
+                "paragraphs": [
+                    {
+                        "context": "alice was in paris",
+                        "qas": [
+                            {"id": "good-1", "question": "who?", "answers": [{"text": "alice", "answer_start": 0}]},
+                            {"id": "bad-7", "question": "where?", "answers": [{"text": "paris", "answer_start": 3}]},
+                        ],
+                    }
+                ],
+            }
+        ]
+    }
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(doc))
     with pytest.raises(DataError, match="question bad-7.*answer_start=3"):
@@ -55,7 +67,9 @@ def test_postprocess_picks_the_best_valid_span_across_features():
     end = np.array([[9.0, 0.0, 0.0, 0.0, 2.5], [0.0, 0.0, 1.0, 0.0, 2.0]])
     # feature 0: token 0 scores 18 but is not in the context; best valid: (4, 4) = 4.5 -> "paris"
     # feature 1: (2, 4) = 3 + 2 = 5 -> "paris in 1998" beats it; (2, 2) = 4
-    assert postprocess_predictions(examples, features, start, end, n_best_size=5, max_answer_length=30) == {"q": "paris in 1998"}
+    assert postprocess_predictions(examples, features, start, end, n_best_size=5, max_answer_length=30) == {
+        "q": "paris in 1998"
+    }
     # a span longer than max_answer_length tokens is not allowed: (2, 4) is 3 tokens
     assert postprocess_predictions(examples, features, start, end, n_best_size=5, max_answer_length=2) == {"q": "paris"}
     # an end before its start is never chosen: (4, 1) scores 17, the valid (4, 4) only 9
@@ -72,11 +86,24 @@ def test_squad_trains_encoder_and_decoder_with_doc_stride(kind, tmp_path, monkey
     out = tmp_path / "out"
     m = run_train(
         [
-            "--model_name_or_path", model_dir, "--task_name", "squad",
-            "--train_file", os.path.join(SQUAD, "train.json"),
-            "--validation_file", os.path.join(SQUAD, "dev.json"),
-            "--max_seq_length", "32", "--doc_stride", "8",  # the fixture's contexts need several features
-            "--method", "rm-lora", "--num_train_epochs", "2", "--learning_rate", "1e-2",
+            "--model_name_or_path",
+            model_dir,
+            "--task_name",
+            "squad",
+            "--train_file",
+            os.path.join(SQUAD, "train.json"),
+            "--validation_file",
+            os.path.join(SQUAD, "dev.json"),
+            "--max_seq_length",
+            "32",
+            "--doc_stride",
+            "8",  # the fixture's contexts need several features
+            "--method",
+            "rm-lora",
+            "--num_train_epochs",
+            "2",
+            "--learning_rate",
+            "1e-2",
         ],
         out,
     )

@@ -21,14 +21,33 @@ BASE = ["--model_name_or_path", "m", "--output_dir", "o"]
 def test_help_documents_the_flags(capsys):
     assert main(["train", "--help"]) == 0
     text = capsys.readouterr().out
-    for flag in ("--model_name_or_path", "--task_name", "--train_file", "--validation_split_percentage", "--method", "--lora_r",
-                 "--lora_alpha", "--target_modules", "--r_hat", "--reg_weight", "--rmlora_seed", "--seed", "--lora_placement",
-                 "--gguf_file", "--adalora_target_r", "--sora_lambda", "--per_device_train_batch_size", "--max_train_samples"):
+    for flag in (
+        "--model_name_or_path",
+        "--task_name",
+        "--train_file",
+        "--validation_split_percentage",
+        "--method",
+        "--lora_r",
+        "--lora_alpha",
+        "--target_modules",
+        "--r_hat",
+        "--reg_weight",
+        "--rmlora_seed",
+        "--seed",
+        "--lora_placement",
+        "--gguf_file",
+        "--adalora_target_r",
+        "--sora_lambda",
+        "--per_device_train_batch_size",
+        "--max_train_samples",
+    ):
         assert flag in text, flag
 
 
 def test_seed_and_r_hat_reach_the_rmlora_config():
-    model, data, method, lora, ada, sora, training = parse_args([*BASE, "--seed", "7", "--r_hat", "4", "--method", "gm-lora"])
+    model, data, method, lora, ada, sora, training = parse_args(
+        [*BASE, "--seed", "7", "--r_hat", "4", "--method", "gm-lora"]
+    )
     config = rmlora_config(method, training.seed)
     assert (config.seed, config.r_hat, config.method) == (7, 4, "gm-lora") and isinstance(config.r_hat, int)
     *_, method, _, _, _, training = parse_args([*BASE, "--seed", "7", "--r_hat", "0.25", "--rmlora_seed", "3"])
@@ -41,7 +60,9 @@ def test_seed_and_r_hat_reach_the_rmlora_config():
 
 def test_num_training_steps_follows_the_trainer():
     # 10 examples, batch 4 -> 3 batches; GA 2 -> 2 optimizer steps per epoch (the last one short); 3 epochs -> 6
-    args = TrainingArguments(output_dir="o", per_device_train_batch_size=4, gradient_accumulation_steps=2, num_train_epochs=3, use_cpu=True)
+    args = TrainingArguments(
+        output_dir="o", per_device_train_batch_size=4, gradient_accumulation_steps=2, num_train_epochs=3, use_cpu=True
+    )
     assert num_training_steps(10, args) == 6
     args = TrainingArguments(output_dir="o", per_device_train_batch_size=4, max_steps=5, use_cpu=True)
     assert num_training_steps(10, args) == 5
@@ -50,10 +71,12 @@ def test_num_training_steps_follows_the_trainer():
 def test_history_records_epoch_loss_metrics_and_generalization_error(tmp_path):
     path = tmp_path / "history.jsonl"
     path.write_text('{"epoch": 9, "step": 99}\n')  # a stale file of an earlier run
-    metrics = iter([
-        {"train_accuracy": 0.9, "eval_accuracy": 0.7, "test_accuracy": 0.6, "eval_loss": 0.5},
-        {"train_accuracy": 1.0, "eval_accuracy": 0.75, "test_accuracy": 0.8, "eval_loss": 0.4},
-    ])
+    metrics = iter(
+        [
+            {"train_accuracy": 0.9, "eval_accuracy": 0.7, "test_accuracy": 0.6, "eval_loss": 0.5},
+            {"train_accuracy": 1.0, "eval_accuracy": 0.75, "test_accuracy": 0.8, "eval_loss": 0.4},
+        ]
+    )
     cb = HistoryCallback(str(path), lambda: next(metrics), "accuracy", lambda: {"mean_rank": 3.0})
     args, state, control = TrainingArguments(output_dir=str(tmp_path), use_cpu=True), TrainerState(), TrainerControl()
     cb.on_train_begin(args, state, control)
@@ -71,7 +94,9 @@ def test_history_records_epoch_loss_metrics_and_generalization_error(tmp_path):
     cb.on_epoch_end(args, state, TrainerControl())
     first, second = read_jsonl(path)
     assert first["train_loss"] == pytest.approx((1.0 * 2 + 2.0 * 2 + 4.0 * 1) / 5)
-    assert first["generalization_error"] == pytest.approx(0.2) and first["test_generalization_error"] == pytest.approx(0.3)
+    assert first["generalization_error"] == pytest.approx(0.2) and first["test_generalization_error"] == pytest.approx(
+        0.3
+    )
     assert (first["epoch"], first["step"], first["diagnostics"]) == (1.0, 5, {"mean_rank": 3.0})
     assert second["train_loss"] == pytest.approx(3.0) and second["test_generalization_error"] == pytest.approx(0.2)
 
@@ -83,12 +108,41 @@ def test_full_fine_tuning_writes_metrics_without_delta_w(tmp_path, monkeypatch):
     out.mkdir()
     (out / "metrics.json").write_text("{}")  # a stale file must not survive into the new run
     m = run_train(
-        ["--model_name_or_path", bert, "--task_name", "text", "--train_file", TWEETS, "--test_file", TWEETS,
-         "--text_column", "text", "--label_column", "sentiment", "--file_encoding", "latin-1",
-         "--method", "full", "--num_train_epochs", "1", "--seed", "5"],
+        [
+            "--model_name_or_path",
+            bert,
+            "--task_name",
+            "text",
+            "--train_file",
+            TWEETS,
+            "--test_file",
+            TWEETS,
+            "--text_column",
+            "text",
+            "--label_column",
+            "sentiment",
+            "--file_encoding",
+            "latin-1",
+            "--method",
+            "full",
+            "--num_train_epochs",
+            "1",
+            "--seed",
+            "5",
+        ],
         out,
     )
-    for key in ("task", "model", "method", "seed", "primary_metric", "metrics", "param_counts", "wall_time_s", "versions"):
+    for key in (
+        "task",
+        "model",
+        "method",
+        "seed",
+        "primary_metric",
+        "metrics",
+        "param_counts",
+        "wall_time_s",
+        "versions",
+    ):
         assert key in m, key
     assert (m["method"], m["lora_r"], m["seed"], m["diagnostics"]) == ("full", None, 5, None)
     assert set(m["versions"]) == {"torch", "transformers", "peft", "rmlora"}
@@ -102,8 +156,19 @@ def test_a_failed_run_leaves_no_metrics_json(tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "metrics.json").write_text("{}")
-    rc = main(["train", "--model_name_or_path", str(tmp_path), "--task_name", "text", "--train_file", str(tmp_path / "none.csv"),
-               "--output_dir", str(out)])
+    rc = main(
+        [
+            "train",
+            "--model_name_or_path",
+            str(tmp_path),
+            "--task_name",
+            "text",
+            "--train_file",
+            str(tmp_path / "none.csv"),
+            "--output_dir",
+            str(out),
+        ]
+    )
     assert rc == 2 and not (out / "metrics.json").exists()
 
 
@@ -112,8 +177,13 @@ def test_plot_curves_writes_png_and_svg_for_runs_and_seeds(tmp_path):
 
     def run(offset):
         return [
-            {"epoch": e, "test_loss": 1.0 / e + offset, "test_accuracy": 0.5 + 0.1 * e, "train_accuracy": 0.6 + 0.1 * e,
-             "test_generalization_error": 0.1 + offset}
+            {
+                "epoch": e,
+                "test_loss": 1.0 / e + offset,
+                "test_accuracy": 0.5 + 0.1 * e,
+                "train_accuracy": 0.6 + 0.1 * e,
+                "test_generalization_error": 0.1 + offset,
+            }
             for e in (1, 2, 3)
         ]
 
@@ -132,8 +202,10 @@ def test_plot_curves_gives_every_label_its_own_colour_beyond_ten(tmp_path, close
 
     from rmlora.harness.plots.curves import plot_curves
 
-    history = [{"epoch": e, "test_loss": 1.0, "test_accuracy": 0.5, "train_accuracy": 0.6, "test_generalization_error": 0.1}
-               for e in (1, 2)]
+    history = [
+        {"epoch": e, "test_loss": 1.0, "test_accuracy": 0.5, "train_accuracy": 0.6, "test_generalization_error": 0.1}
+        for e in (1, 2)
+    ]
     plot_curves({f"label {i}": history for i in range(13)}, str(tmp_path / "curves"))
     for ax in closed_figures[0].axes:
         assert len({to_hex(line.get_color()) for line in ax.get_lines()}) == 13
@@ -153,8 +225,23 @@ def test_demo_runs_end_to_end_on_tiny_stand_ins(tmp_path, monkeypatch, capsys):
     bert = save_text_model(str(tmp_path / "bert"), "bert", num_labels=3)
     monkeypatch.setattr(demo, "demo_assets", lambda: (bert, TWEETS))
     out = tmp_path / "demo"
-    rc = main(["demo", "--output_dir", str(out), "--train_samples", "12", "--test_samples", "6", "--train_eval_samples", "6",
-               "--epochs", "2", "--lora_r", "4"])
+    rc = main(
+        [
+            "demo",
+            "--output_dir",
+            str(out),
+            "--train_samples",
+            "12",
+            "--test_samples",
+            "6",
+            "--train_eval_samples",
+            "6",
+            "--epochs",
+            "2",
+            "--lora_r",
+            "4",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "LoRA " in text and "RM-LoRA" in text and "test acc" in text
@@ -163,7 +250,9 @@ def test_demo_runs_end_to_end_on_tiny_stand_ins(tmp_path, monkeypatch, capsys):
     rm = next(r for r in summary["rows"] if r["label"] == "RM-LoRA")
     metrics = json.loads((out / "rm-lora" / "metrics.json").read_text())
     assert rm["test_accuracy"] == metrics["metrics"]["test_accuracy"]
-    assert rm["generalization_error"] == pytest.approx(metrics["metrics"]["train_accuracy"] - metrics["metrics"]["test_accuracy"])
+    assert rm["generalization_error"] == pytest.approx(
+        metrics["metrics"]["train_accuracy"] - metrics["metrics"]["test_accuracy"]
+    )
     # the subset is class-balanced and train / test are disjoint
     import pandas as pd
 
@@ -198,9 +287,32 @@ def test_baselines_train_through_the_cli_with_their_own_flags(method, tmp_path, 
     tmp_env(monkeypatch, tmp_path)
     bert = save_text_model(str(tmp_path / "bert"), "bert", num_labels=3)
     m = run_train(
-        ["--model_name_or_path", bert, "--task_name", "text", "--train_file", TWEETS, "--text_column", "text",
-         "--label_column", "sentiment", "--file_encoding", "latin-1", "--validation_split_percentage", "25",
-         "--method", method, "--num_train_epochs", "1", "--adalora_init_r", "6", "--adalora_target_r", "2", "--sora_lambda", "0.01"],
+        [
+            "--model_name_or_path",
+            bert,
+            "--task_name",
+            "text",
+            "--train_file",
+            TWEETS,
+            "--text_column",
+            "text",
+            "--label_column",
+            "sentiment",
+            "--file_encoding",
+            "latin-1",
+            "--validation_split_percentage",
+            "25",
+            "--method",
+            method,
+            "--num_train_epochs",
+            "1",
+            "--adalora_init_r",
+            "6",
+            "--adalora_target_r",
+            "2",
+            "--sora_lambda",
+            "0.01",
+        ],
         tmp_path / "out",
     )
     counts = m["param_counts"]
@@ -213,12 +325,21 @@ def test_baselines_train_through_the_cli_with_their_own_flags(method, tmp_path, 
         from peft import PeftModel
         from transformers import AutoModelForSequenceClassification
 
-        model = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(bert), str(tmp_path / "out"))
-        deltas = [module.get_delta_weight("default").detach().numpy()
-                  for module in model.modules() if hasattr(module, "lora_E") and "default" in module.lora_E]
+        model = PeftModel.from_pretrained(
+            AutoModelForSequenceClassification.from_pretrained(bert), str(tmp_path / "out")
+        )
+        deltas = [
+            module.get_delta_weight("default").detach().numpy()
+            for module in model.modules()
+            if hasattr(module, "lora_E") and "default" in module.lora_E
+        ]
         # numpy's rule (σ_max · max(shape) · eps) at float32, the precision ΔW is computed in
-        ranks = [np.linalg.matrix_rank(dw, tol=np.linalg.svd(dw, compute_uv=False)[0] * max(dw.shape) * np.finfo(np.float32).eps)
-                 for dw in deltas]
+        ranks = [
+            np.linalg.matrix_rank(
+                dw, tol=np.linalg.svd(dw, compute_uv=False)[0] * max(dw.shape) * np.finfo(np.float32).eps
+            )
+            for dw in deltas
+        ]
         assert ranks and max(ranks) <= 6
         assert m["diagnostics"]["mean_rank"] == pytest.approx(np.mean(ranks))
 
@@ -233,7 +354,9 @@ def test_placements_find_the_head_and_peft_defaults_that_exist():
     targets, save = placement_modules(bert, "attention")
     assert save == ["classifier"]
     assert sorted(targets) == sorted(
-        f"bert.encoder.layer.{i}.attention.{m}" for i in range(2) for m in ("self.query", "self.key", "self.value", "output.dense")
+        f"bert.encoder.layer.{i}.attention.{m}"
+        for i in range(2)
+        for m in ("self.query", "self.key", "self.value", "output.dense")
     )
     # PEFT's table says query/value for BERT (present) and ViT (renamed to q_proj/v_proj in transformers 5)
     assert has_peft_default(bert) and not has_peft_default(vit)

@@ -66,7 +66,9 @@ class RMLoraConfig:
     reg_weight: float = field(default=0.1, metadata={"help": "λ, the weight of the penalty in the loss (≥ 0)."})
     reg_form: str = field(
         default="squared",
-        metadata={"help": "squared: ‖AAᵀ−I‖²_F + ‖BᵀB−I‖²_F (Eq. 10); frobenius: the released code's non-squared norms."},
+        metadata={
+            "help": "squared: ‖AAᵀ−I‖²_F + ‖BᵀB−I‖²_F (Eq. 10); frobenius: the released code's non-squared norms."
+        },
     )
     reg_reduction: str = field(
         default="sum",
@@ -93,7 +95,10 @@ class RMLoraConfig:
         default=True,
         metadata={"help": "Mask before gradient clipping, so the clip norm is that of the masked gradient."},
     )
-    seed: int = field(default=0, metadata={"help": "Seed of the direction draws: directions(step) is a pure function of (seed, step, module)."})
+    seed: int = field(
+        default=0,
+        metadata={"help": "Seed of the direction draws: directions(step) is a pure function of (seed, step, module)."},
+    )
 
     def __post_init__(self) -> None:
         _choice("method", self.method, METHODS)
@@ -135,7 +140,9 @@ class RMLoraConfig:
             return max(1, min(rank, int(round(self.r_hat * rank))))
         if self.r_hat > rank:
             where = f" of module {module}" if module else ""
-            raise ConfigError(f"r_hat={self.r_hat} exceeds the LoRA rank R={rank}{where}: use r_hat ≤ {rank} or a fraction")
+            raise ConfigError(
+                f"r_hat={self.r_hat} exceeds the LoRA rank R={rank}{where}: use r_hat ≤ {rank} or a fraction"
+            )
         return int(self.r_hat)
 
     # -- presets ------------------------------------------------------------------------------------

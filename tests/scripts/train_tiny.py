@@ -61,23 +61,41 @@ def main():
         if a.method == "adalora":
             from rmlora.methods.adalora import AdaLoraArguments
 
-            settings["adalora"] = AdaLoraArguments(adalora_init_r=6, adalora_target_r=2, adalora_tinit=1, adalora_tfinal=1)
+            settings["adalora"] = AdaLoraArguments(
+                adalora_init_r=6, adalora_target_r=2, adalora_tinit=1, adalora_tfinal=1
+            )
         if a.method == "sora":
             from rmlora.methods.sora import SoraArguments
 
             settings["sora"] = SoraArguments(sora_lambda=0.1, sora_xi=1e-3)
-        model = prepare_model(tiny_bert(seed=0), cfg, LoraArguments(lora_r=8, target_modules="query,value",
-                                                                    modules_to_save="classifier"), task_type="SEQ_CLS", **settings)
+        model = prepare_model(
+            tiny_bert(seed=0),
+            cfg,
+            LoraArguments(lora_r=8, target_modules="query,value", modules_to_save="classifier"),
+            task_type="SEQ_CLS",
+            **settings,
+        )
     data = Dataset.from_dict({k: v.tolist() for k, v in token_batch(64, seed=3).items()})
     args = TrainingArguments(
-        output_dir=a.out, per_device_train_batch_size=4, max_steps=a.max_steps, learning_rate=1e-2,
-        weight_decay=0.1, report_to=[], use_cpu=True, seed=0, save_strategy="steps", save_steps=a.save_steps,
-        logging_steps=1, disable_tqdm=True, ddp_backend="gloo" if "WORLD_SIZE" in os.environ else None,
+        output_dir=a.out,
+        per_device_train_batch_size=4,
+        max_steps=a.max_steps,
+        learning_rate=1e-2,
+        weight_decay=0.1,
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        save_strategy="steps",
+        save_steps=a.save_steps,
+        logging_steps=1,
+        disable_tqdm=True,
+        ddp_backend="gloo" if "WORLD_SIZE" in os.environ else None,
         dataloader_num_workers=0,
     )
     callbacks = [KillAt(a.kill_at)] if a.kill_at is not None else []
-    trainer = RMLoraTrainer(model=model, args=args, train_dataset=data, rmlora_config=cfg, callbacks=callbacks,
-                            method_settings=settings)
+    trainer = RMLoraTrainer(
+        model=model, args=args, train_dataset=data, rmlora_config=cfg, callbacks=callbacks, method_settings=settings
+    )
     drawn = {}
     if cfg.uses_masking:
         original = trainer.rmlora.before_optimizer_step

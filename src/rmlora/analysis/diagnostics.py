@@ -119,7 +119,9 @@ def _gram_penalty(m: torch.Tensor, rows: bool) -> float:
     return float(((g - torch.eye(g.shape[0], dtype=g.dtype)) ** 2).sum())
 
 
-def module_diagnostics(name: str, A: torch.Tensor, B: torch.Tensor, scaling: float, rtol: float | None = None) -> ModuleDiagnostics:
+def module_diagnostics(
+    name: str, A: torch.Tensor, B: torch.Tensor, scaling: float, rtol: float | None = None
+) -> ModuleDiagnostics:
     rank_r = int(A.shape[0])
     a = A.detach().reshape(rank_r, -1).to(torch.float64).cpu()
     b = B.detach().reshape(B.shape[0], rank_r).to(torch.float64).cpu()
@@ -142,11 +144,14 @@ def module_diagnostics(name: str, A: torch.Tensor, B: torch.Tensor, scaling: flo
 
 # -- from a model or from an adapter folder -----------------------------------------------------------
 
+
 def diagnose_model(model, rtol: float | None = None) -> Diagnostics:
     """Diagnostics of every LoRA pair of the active adapter of a PEFT model."""
     from rmlora.core.pairs import find_lora_pairs
 
-    return Diagnostics([module_diagnostics(p.name, p.A, p.effective_b(), p.scaling, rtol) for p in find_lora_pairs(model)])
+    return Diagnostics(
+        [module_diagnostics(p.name, p.A, p.effective_b(), p.scaling, rtol) for p in find_lora_pairs(model)]
+    )
 
 
 def _pattern_value(patterns: dict, module: str, default):
@@ -157,10 +162,14 @@ def _pattern_value(patterns: dict, module: str, default):
     return default
 
 
-_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.weight)?$")
+_KEY = re.compile(
+    r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.weight)?$"
+)
 
 
-def adapter_pairs(config: dict, tensors: dict[str, torch.Tensor]) -> list[tuple[str, torch.Tensor, torch.Tensor, float]]:
+def adapter_pairs(
+    config: dict, tensors: dict[str, torch.Tensor]
+) -> list[tuple[str, torch.Tensor, torch.Tensor, float]]:
     """(module, A, B, scaling) for every pair stored in a PEFT adapter file."""
     from rmlora.errors import AdapterError
 
@@ -173,7 +182,9 @@ def adapter_pairs(config: dict, tensors: dict[str, torch.Tensor]) -> list[tuple[
     out = []
     for module, sides in found.items():
         if set(sides) != {"A", "B"}:
-            raise AdapterError(f"adapter has lora_{next(iter(sides))} but not its partner for {module}: the file is incomplete")
+            raise AdapterError(
+                f"adapter has lora_{next(iter(sides))} but not its partner for {module}: the file is incomplete"
+            )
         A, B = sides["A"], sides["B"]
         r = int(A.shape[0])
         alpha = _pattern_value(config.get("alpha_pattern"), module, config.get("lora_alpha", r))

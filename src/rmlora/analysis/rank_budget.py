@@ -47,6 +47,7 @@ SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
 
 # -- the analysis of one discrepancy E -------------------------------------------------------------------
 
+
 def discrepancy_singular_values(E: torch.Tensor) -> torch.Tensor:
     """σ(E), descending, float64."""
     return torch.linalg.svdvals(E.detach().to(torch.float64).cpu())
@@ -82,6 +83,7 @@ def rank_for_error(singular_values: torch.Tensor, max_error: float) -> int:
 
 
 # -- results ---------------------------------------------------------------------------------------------
+
 
 @dataclass
 class AdapterBudget:
@@ -267,6 +269,7 @@ def match_names(wanted: Iterable[str], available: Iterable[str]) -> dict[str, st
 
 # -- checkpoints -------------------------------------------------------------------------------------------
 
+
 @dataclass
 class CheckpointWeights:
     """The weight matrices of one checkpoint, read on demand, with the modules LoRA can target."""
@@ -300,11 +303,15 @@ def _safetensors_files(path: str) -> list[str] | None:
             with open(index, encoding="utf-8") as f:
                 weight_map = json.load(f)["weight_map"]
         except (json.JSONDecodeError, KeyError) as e:
-            raise ConfigError(f"{index} is not a safetensors index ({e}): re-save the model with save_pretrained") from None
+            raise ConfigError(
+                f"{index} is not a safetensors index ({e}): re-save the model with save_pretrained"
+            ) from None
         files = [os.path.join(path, name) for name in sorted(set(weight_map.values()))]
         missing = [f for f in files if not os.path.isfile(f)]
         if missing:
-            raise ConfigError(f"{index} names {os.path.basename(missing[0])}, which is not in {path}: the download is incomplete")
+            raise ConfigError(
+                f"{index} names {os.path.basename(missing[0])}, which is not in {path}: the download is incomplete"
+            )
         return files
     return None
 
@@ -392,10 +399,13 @@ def _load_with_from_pretrained(path: str) -> CheckpointWeights:
             f"cannot load {path!r} ({first}): pass a transformers model folder (model.safetensors + config.json) or a hub id"
         ) from None
     state = {k: v.detach() for k, v in model.state_dict().items()}
-    return CheckpointWeights(path, {k: tuple(v.shape) for k, v in state.items()}, state.__getitem__, linear_modules(model))
+    return CheckpointWeights(
+        path, {k: tuple(v.shape) for k, v in state.items()}, state.__getitem__, linear_modules(model)
+    )
 
 
 # -- the analysis ------------------------------------------------------------------------------------------
+
 
 def _check_ranks(ranks: Sequence[int]) -> list[int]:
     ranks = sorted(set(int(r) for r in ranks))
@@ -440,8 +450,12 @@ def rank_budget(
     else:
         base_keys = select_modules(base_ckpt, targets)
         if not base_keys:
-            what = f"target_modules {','.join(targets)}" if targets else "a Linear/Conv1D layer inside a transformer block"
-            raise ConfigError(f"no weight matrix of {base!r} matches {what}: check --target_modules against the model's module names")
+            what = (
+                f"target_modules {','.join(targets)}" if targets else "a Linear/Conv1D layer inside a transformer block"
+            )
+            raise ConfigError(
+                f"no weight matrix of {base!r} matches {what}: check --target_modules against the model's module names"
+            )
     target_keys = match_names(base_keys.values(), target_ckpt.shapes)
 
     result = RankBudget(base=base, target=target, ranks=ranks, max_error=max_error, adapter=adapter)
@@ -498,6 +512,7 @@ def _module_budget(module, W0, E, ranks, max_error, pairs_by_module, rtol) -> Mo
 
 # -- a LoRA adapter on the same base (Section 4.1) -------------------------------------------------------------
 
+
 def _adapter_pairs_on_base(adapter_dir: str, base_ckpt: CheckpointWeights, targets) -> dict:
     """{base module: (base weight key, adapter module, A, B, scaling)} for every LoRA pair, checked against the base."""
     from rmlora.analysis.diagnostics import adapter_pairs
@@ -515,7 +530,9 @@ def _adapter_pairs_on_base(adapter_dir: str, base_ckpt: CheckpointWeights, targe
     if targets is not None:
         pairs = [p for p in pairs if matches_target_modules(p[0], targets)]
         if not pairs:
-            raise AdapterError(f"no LoRA module of {adapter_dir!r} matches target_modules {','.join(targets)}: drop --target_modules or fix it")
+            raise AdapterError(
+                f"no LoRA module of {adapter_dir!r} matches target_modules {','.join(targets)}: drop --target_modules or fix it"
+            )
     keys = {f"{name}.weight": (name, A, B, s) for name, A, B, s in pairs}
     matched = match_names(keys, base_ckpt.shapes)
     if not matched:
@@ -535,7 +552,9 @@ def _adapter_pairs_on_base(adapter_dir: str, base_ckpt: CheckpointWeights, targe
         name, A, B, s = keys[key]
         module = base_ckpt.module_of.get(base_key)
         if module is None or A.dim() != 2 or B.dim() != 2:
-            raise AdapterError(f"the adapter's module {name} is not a Linear/Conv1D layer of the base: rank-budget compares the weights of Linear/Conv1D layers")
+            raise AdapterError(
+                f"the adapter's module {name} is not a Linear/Conv1D layer of the base: rank-budget compares the weights of Linear/Conv1D layers"
+            )
         shape = base_ckpt.shapes[base_key]
         d_out, d_in = (shape[1], shape[0]) if base_ckpt.transposed(base_key) else (shape[0], shape[1])
         if len(shape) != 2 or (B.shape[0], A.shape[1]) != (d_out, d_in):

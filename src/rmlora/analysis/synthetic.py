@@ -45,7 +45,9 @@ class SyntheticConfig:
     lr: float = field(default=1e-2, metadata={"help": "Adam learning rate (cosine-decayed to 0)."})
     decay: float = field(default=0.7, metadata={"help": "Spectrum of Ē_l: σ_i ∝ decay^{i−1}, in (0, 1]."})
     discrepancy: float = field(default=0.5, metadata={"help": "‖Ē_l‖_F / ‖W_l‖_F: how far the target is from f0."})
-    r_hat: float = field(default=0.5, metadata={"help": "Directions updated per step (gm-/rm-lora): int, or fraction of R."})
+    r_hat: float = field(
+        default=0.5, metadata={"help": "Directions updated per step (gm-/rm-lora): int, or fraction of R."}
+    )
     reg_weight: float = field(default=1e-3, metadata={"help": "Penalty weight λ of Eq. 10 (r-/rm-lora)."})
     test_size: int = field(default=4096, metadata={"help": "Fixed Gaussian test inputs for E‖f(x) − f̄(x)‖_2."})
     rank_rtol: float = field(
@@ -59,7 +61,9 @@ class SyntheticConfig:
             raise ConfigError(f"width must be ≥ 2 and depth ≥ 1, got width={self.width}, depth={self.depth}")
         if not self.ranks or self.ranks[0] < 1 or self.ranks[-1] > self.width:
             example = ",".join(str(2**i) for i in range(int(math.log2(self.width)) + 1))
-            raise ConfigError(f"ranks must lie in 1 … width={self.width}, got {list(self.ranks)}: e.g. --ranks {example}")
+            raise ConfigError(
+                f"ranks must lie in 1 … width={self.width}, got {list(self.ranks)}: e.g. --ranks {example}"
+            )
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:
             raise ConfigError(f"unknown methods {bad or list(self.methods)}: choose from {', '.join(METHODS)}")
@@ -72,6 +76,7 @@ class SyntheticConfig:
 
 
 # -- the two networks ---------------------------------------------------------------------------------------
+
 
 def random_orthogonal(n: int, generator: torch.Generator) -> torch.Tensor:
     """A Haar-random n x n orthogonal matrix (QR of a Gaussian with the signs of R's diagonal fixed)."""
@@ -152,6 +157,7 @@ def linear_names(depth: int) -> list[str]:
 
 # -- what theory says for rank R ----------------------------------------------------------------------------
 
+
 def truncated_svd(E: torch.Tensor, rank: int) -> torch.Tensor:
     U, s, Vh = torch.linalg.svd(E, full_matrices=False)
     return (U[:, :rank] * s[:rank]) @ Vh[:rank]
@@ -200,6 +206,7 @@ def theory(problem: Problem, rank: int) -> dict:
 
 # -- training ----------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Run:
     method: str
@@ -227,7 +234,9 @@ def train(problem: Problem, rank: int, method: str, cfg: SyntheticConfig, seed: 
 
     start = time.perf_counter()
     torch.manual_seed(seed)  # the same LoRA initialization for every method at this (seed, R)
-    model = get_peft_model(sequential(problem), LoraConfig(r=rank, lora_alpha=rank, target_modules=linear_names(cfg.depth)))
+    model = get_peft_model(
+        sequential(problem), LoraConfig(r=rank, lora_alpha=rank, target_modules=linear_names(cfg.depth))
+    )
     # lora ignores r_hat and reg_weight; r-lora uses only the penalty, gm-lora only the masks
     rm = RMLora(model, RMLoraConfig(method=method, r_hat=cfg.r_hat, reg_weight=cfg.reg_weight, seed=seed))
     target_weights = [W.float() for W in problem.target_weights]
@@ -263,6 +272,7 @@ def train(problem: Problem, rank: int, method: str, cfg: SyntheticConfig, seed: 
 
 
 # -- the experiment ------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class SyntheticResult:
@@ -310,7 +320,8 @@ class SyntheticResult:
             "config": asdict(self.config),
             "summary": self.summary(),
             "theory": [
-                {"f0_error": t["f0_error"], "r0": t["r0"], "ranks": {str(R): v for R, v in t["ranks"].items()}} for t in self.theory
+                {"f0_error": t["f0_error"], "r0": t["r0"], "ranks": {str(R): v for R, v in t["ranks"].items()}}
+                for t in self.theory
             ],
             "runs": [r.to_dict() for r in self.runs],
         }
@@ -343,7 +354,9 @@ def _run(cfg: SyntheticConfig, progress: bool) -> SyntheticResult:
         x = problem.test_inputs
         f0_error = output_error(fnn(problem.weights, problem.biases, x), fnn(problem.target_weights, problem.biases, x))
         # R = 0 is f0 itself: the normalizers of the relative curves (construction error at R = 0 is f0's error)
-        theories.append({"f0_error": f0_error, "r0": theory(problem, 0), "ranks": {R: theory(problem, R) for R in cfg.ranks}})
+        theories.append(
+            {"f0_error": f0_error, "r0": theory(problem, 0), "ranks": {R: theory(problem, R) for R in cfg.ranks}}
+        )
         for R in cfg.ranks:
             for method in cfg.methods:
                 runs.append(train(problem, R, method, cfg, seed))

@@ -80,25 +80,50 @@ class ModelShape:
 
 SHAPES = {
     "bert-base": ModelShape(
-        "bert", 12, 30522, ("query", "key", "value", "output.dense", "intermediate.dense"),
+        "bert",
+        12,
+        30522,
+        ("query", "key", "value", "output.dense", "intermediate.dense"),
         dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072, max_position_embeddings=512),
     ),
-    "gpt2-small": ModelShape("gpt2", 12, 50257, ("c_attn", "c_proj", "c_fc"), dict(n_embd=768, n_head=12, n_positions=1024)),
+    "gpt2-small": ModelShape(
+        "gpt2", 12, 50257, ("c_attn", "c_proj", "c_fc"), dict(n_embd=768, n_head=12, n_positions=1024)
+    ),
     # TinyLlama-1.1B's shape (grouped-query attention, SwiGLU MLP)
     "llama": ModelShape(
-        "llama", 22, 32000, ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-        dict(hidden_size=2048, intermediate_size=5632, num_attention_heads=32, num_key_value_heads=4,
-             max_position_embeddings=2048),
+        "llama",
+        22,
+        32000,
+        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        dict(
+            hidden_size=2048,
+            intermediate_size=5632,
+            num_attention_heads=32,
+            num_key_value_heads=4,
+            max_position_embeddings=2048,
+        ),
     ),
     # tiny versions of the three, for tests and smoke runs
     "bert-tiny": ModelShape(
-        "bert", 2, 512, ("query", "key", "value", "output.dense", "intermediate.dense"),
+        "bert",
+        2,
+        512,
+        ("query", "key", "value", "output.dense", "intermediate.dense"),
         dict(hidden_size=32, num_attention_heads=4, intermediate_size=48, max_position_embeddings=64),
     ),
     "gpt2-tiny": ModelShape("gpt2", 2, 512, ("c_attn", "c_proj", "c_fc"), dict(n_embd=32, n_head=4, n_positions=64)),
     "llama-tiny": ModelShape(
-        "llama", 2, 512, ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-        dict(hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64),
+        "llama",
+        2,
+        512,
+        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        dict(
+            hidden_size=32,
+            intermediate_size=48,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+        ),
     ),
 }
 
@@ -108,25 +133,46 @@ class BenchArguments:
     """Flags of `rmlora bench` (defaults depend on the device where they are None)."""
 
     model: str = field(default="gpt2-small", metadata={"help": f"Model shape: {', '.join(SHAPES)}."})
-    layers: int | None = field(default=None, metadata={"help": "Number of blocks; default: 4 on CPU, the real depth on CUDA."})
+    layers: int | None = field(
+        default=None, metadata={"help": "Number of blocks; default: 4 on CPU, the real depth on CUDA."}
+    )
     batch_size: int | None = field(default=None, metadata={"help": "Sequences per step; default 8 on CPU, 16 on CUDA."})
-    seq_len: int | None = field(default=None, metadata={"help": "Tokens per sequence; default 128 on CPU, 512 on CUDA."})
-    methods: str = field(default="all", metadata={"help": f"Comma-separated subset of: {', '.join(METHODS)} ('all'). peft-lora is always run."})
+    seq_len: int | None = field(
+        default=None, metadata={"help": "Tokens per sequence; default 128 on CPU, 512 on CUDA."}
+    )
+    methods: str = field(
+        default="all",
+        metadata={"help": f"Comma-separated subset of: {', '.join(METHODS)} ('all'). peft-lora is always run."},
+    )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank R (AdaLoRA: its target rank; it starts at 1.5 R)."})
-    r_hat: float = field(default=0.5, metadata={"help": "Directions updated per step for gm-lora / rm-lora: a fraction < 1 of R, or a count ≥ 1."})
+    r_hat: float = field(
+        default=0.5,
+        metadata={"help": "Directions updated per step for gm-lora / rm-lora: a fraction < 1 of R, or a count ≥ 1."},
+    )
     warmup: int = field(default=1, metadata={"help": "Untimed repetitions first (every method once each)."})
     repeats: int | None = field(default=None, metadata={"help": "Timed repetitions; default 8 on CPU, 20 on CUDA."})
     hook_iters: int = field(default=10, metadata={"help": "Iterations of the hooks-alone timing per method."})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto (cuda when available)."})
-    threads: int = field(default=1, metadata={"help": "torch.set_num_threads on CPU (1: processes sharing a machine do not fight)."})
+    threads: int = field(
+        default=1, metadata={"help": "torch.set_num_threads on CPU (1: processes sharing a machine do not fight)."}
+    )
     bf16: bool = field(default=False, metadata={"help": "Run forward and loss under torch.autocast(bfloat16)."})
-    optim: str = field(default="adamw_torch_fused", metadata={"help": "adamw_torch_fused (the Trainer's default) or adamw_torch."})
+    optim: str = field(
+        default="adamw_torch_fused", metadata={"help": "adamw_torch_fused (the Trainer's default) or adamw_torch."}
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the model, batch and the order of methods."})
-    sweep: bool = field(default=False, metadata={"help": "Also time the hooks on synthetic models across #pairs, R and width."})
-    selective: bool = field(default=False, metadata={"help": "Also time selected-directions-only gradients in the LoRA branch's backward."})
+    sweep: bool = field(
+        default=False, metadata={"help": "Also time the hooks on synthetic models across #pairs, R and width."}
+    )
+    selective: bool = field(
+        default=False, metadata={"help": "Also time selected-directions-only gradients in the LoRA branch's backward."}
+    )
     json: bool = field(default=False, metadata={"help": "Print one JSON object instead of tables."})
     output: str | None = field(default=None, metadata={"help": "Also write the JSON object to this file."})
-    report: str | None = field(default=None, metadata={"help": "Print the tables of a saved --output file (ratios recomputed) instead of running."})
+    report: str | None = field(
+        default=None,
+        metadata={"help": "Print the tables of a saved --output file (ratios recomputed) instead of running."},
+    )
     quiet: bool = field(default=False, metadata={"help": "No progress lines on stderr."})
 
     def resolve(self) -> BenchArguments:
@@ -156,7 +202,9 @@ class BenchArguments:
 
 
 # -- models and the batch ------------------------------------------------------------------------------------
-def build_base_model(name: str, layers: int, seed: int = 0, num_labels: int = 2, vocab: int | None = None, **dims) -> nn.Module:
+def build_base_model(
+    name: str, layers: int, seed: int = 0, num_labels: int = 2, vocab: int | None = None, **dims
+) -> nn.Module:
     """A randomly initialized sequence classifier of the named shape (in train mode)."""
     shape = SHAPES[name]
     d = {**shape.dims, **dims}
@@ -165,7 +213,9 @@ def build_base_model(name: str, layers: int, seed: int = 0, num_labels: int = 2,
     if shape.family == "bert":
         from transformers import BertConfig, BertForSequenceClassification
 
-        model = BertForSequenceClassification(BertConfig(vocab_size=vocab, num_hidden_layers=layers, num_labels=num_labels, **d))
+        model = BertForSequenceClassification(
+            BertConfig(vocab_size=vocab, num_hidden_layers=layers, num_labels=num_labels, **d)
+        )
     elif shape.family == "gpt2":
         from transformers import GPT2Config, GPT2ForSequenceClassification
 
@@ -236,8 +286,13 @@ def build_entry(name: str, template: nn.Module, args: BenchArguments, total_step
             # plain, unmodified PEFT: nothing from rmlora touches this model or its step
             model = get_peft_model(
                 share_frozen_copy(template),
-                LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules=targets, task_type="SEQ_CLS",
-                           fan_in_fan_out=shape.family == "gpt2"),
+                LoraConfig(
+                    r=args.lora_r,
+                    lora_alpha=2 * args.lora_r,
+                    target_modules=targets,
+                    task_type="SEQ_CLS",
+                    fan_in_fan_out=shape.family == "gpt2",
+                ),
             )
             params = [p for p in model.parameters() if p.requires_grad]
             return Entry(name, model, None, _optimizer(params, args, 1e-3))
@@ -362,7 +417,11 @@ def cpu_peak_extra_bytes(fn) -> int:
             events = json.load(f)["traceEvents"]
     # allocations (+) and frees (-) of the CPU allocator, in time order; frees of tensors made before
     # the step are not reported, which can only overstate the peak
-    mem = sorted((e["ts"], e["args"]["Bytes"]) for e in events if e.get("name") == "[memory]" and e["args"].get("Device Type", 0) == 0)
+    mem = sorted(
+        (e["ts"], e["args"]["Bytes"])
+        for e in events
+        if e.get("name") == "[memory]" and e["args"].get("Device Type", 0) == 0
+    )
     live = peak = 0
     for _, nbytes in mem:
         live += nbytes
@@ -557,8 +616,11 @@ def run_benchmark(args: BenchArguments) -> dict:
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
     phases, started, load_start = {}, time.time(), _load()
-    _log(args, f"rmlora bench: {args.model} x{args.layers} layers, batch {args.batch_size}x{args.seq_len}, "
-               f"{len(args.method_names())} methods, {args.warmup}+{args.repeats} repetitions on {args.device}")
+    _log(
+        args,
+        f"rmlora bench: {args.model} x{args.layers} layers, batch {args.batch_size}x{args.seq_len}, "
+        f"{len(args.method_names())} methods, {args.warmup}+{args.repeats} repetitions on {args.device}",
+    )
     shape = SHAPES[args.model]
     template = build_base_model(args.model, args.layers, args.seed).to(args.device)
     batch = make_batch(shape.vocab, args.batch_size, args.seq_len, args.device, seed=args.seed + 1)
@@ -588,8 +650,13 @@ def run_benchmark(args: BenchArguments) -> dict:
             add_ratios(row, anchor_row, anchor_step_s)
     phases["memory_and_hooks"] = time.time() - t
 
-    result = {"benchmark": "step_time", "settings": asdict(args), "environment": environment(args),
-              "load_average_start": load_start, "methods": rows}
+    result = {
+        "benchmark": "step_time",
+        "settings": asdict(args),
+        "environment": environment(args),
+        "load_average_start": load_start,
+        "methods": rows,
+    }
     if args.sweep:
         _log(args, "  overhead sweep")
         t = time.time()
@@ -625,7 +692,9 @@ def synthetic_lora_model(num_pairs: int, d_in: int, d_out: int, rank: int, devic
 
     with torch.device("meta"):
         base = Stack()
-    model = get_peft_model(base, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=[f"layers.{i}" for i in range(num_pairs)]))
+    model = get_peft_model(
+        base, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=[f"layers.{i}" for i in range(num_pairs)])
+    )
     g = torch.Generator().manual_seed(seed)
     for module in model.modules():
         if isinstance(module, LoraLayer):
@@ -661,15 +730,23 @@ def overhead_sweep(device: str = "cpu", iters: int = 20) -> list[dict]:
     for num_pairs, d, rank in configs:
         grad = hooks_on_synthetic(num_pairs, d, rank, "grad", device, iters)
         strict = hooks_on_synthetic(num_pairs, d, rank, "strict", device, iters)
-        rows.append({
-            "pairs": num_pairs, "d": d, "R": rank, "pairs_R2": num_pairs * rank * rank,
-            # Eq. 10's forward + closed-form backward: 4 R² (d_in + d_out) per pair
-            "penalty_mflop": 4 * rank * rank * 2 * d * num_pairs / 1e6,
-            "lora_params": num_pairs * rank * 2 * d,
-            "penalty_us": grad["penalty"], "grad_mask_us": grad["before"],
-            "strict_before_us": strict["before"], "strict_after_us": strict["after"],
-            "rm_lora_grad_us": grad["total"], "rm_lora_strict_us": strict["total"],
-        })
+        rows.append(
+            {
+                "pairs": num_pairs,
+                "d": d,
+                "R": rank,
+                "pairs_R2": num_pairs * rank * rank,
+                # Eq. 10's forward + closed-form backward: 4 R² (d_in + d_out) per pair
+                "penalty_mflop": 4 * rank * rank * 2 * d * num_pairs / 1e6,
+                "lora_params": num_pairs * rank * 2 * d,
+                "penalty_us": grad["penalty"],
+                "grad_mask_us": grad["before"],
+                "strict_before_us": strict["before"],
+                "strict_after_us": strict["after"],
+                "rm_lora_grad_us": grad["total"],
+                "rm_lora_strict_us": strict["total"],
+            }
+        )
     return rows
 
 
@@ -729,7 +806,9 @@ def _median_us(fn, iters: int, device: str) -> float:
     return statistics.median(times) * 1e6
 
 
-def selective_backward_time(tokens: int, d_in: int, d_out: int, rank: int, r_hat: int, device: str = "cpu", iters: int = 20) -> dict:
+def selective_backward_time(
+    tokens: int, d_in: int, d_out: int, rank: int, r_hat: int, device: str = "cpu", iters: int = 20
+) -> dict:
     """Median µs of one LoRA branch's backward three ways, interleaved call by call:
 
     autograd: PEFT's path (autograd of two linears) followed by grad-mode masking of ∂A, ∂B;
@@ -769,9 +848,17 @@ def selective_backward_time(tokens: int, d_in: int, d_out: int, rank: int, r_hat
             times[k].append(_median_us(fn, 1, device))
     fwd = _median_us(forward_only, iters, device)
     us = {k: statistics.median(v) - fwd for k, v in times.items()}
-    return {"tokens": tokens, "d_in": d_in, "d_out": d_out, "R": rank, "r_hat": r_hat,
-            "autograd_backward_us": us["autograd"], "all_directions_backward_us": us["all_R"],
-            "selected_backward_us": us["r_hat"], "saving_us": us["all_R"] - us["r_hat"]}
+    return {
+        "tokens": tokens,
+        "d_in": d_in,
+        "d_out": d_out,
+        "R": rank,
+        "r_hat": r_hat,
+        "autograd_backward_us": us["autograd"],
+        "all_directions_backward_us": us["all_R"],
+        "selected_backward_us": us["r_hat"],
+        "saving_us": us["all_R"] - us["r_hat"],
+    }
 
 
 def selective_backward_report(groups, tokens: int, rank: int, r_hat: int, device: str, step_s: float) -> dict:
@@ -784,10 +871,14 @@ def selective_backward_report(groups, tokens: int, rank: int, r_hat: int, device
     def per_step(key):
         return sum(r[key] * r["pairs"] for r in rows)
 
-    return {"shapes": rows, "autograd_backward_us_per_step": per_step("autograd_backward_us"),
-            "all_directions_backward_us_per_step": per_step("all_directions_backward_us"),
-            "saving_us_per_step": per_step("saving_us"), "peft_lora_step_s": step_s,
-            "saving_share_of_peft_lora_step": per_step("saving_us") * 1e-6 / step_s}
+    return {
+        "shapes": rows,
+        "autograd_backward_us_per_step": per_step("autograd_backward_us"),
+        "all_directions_backward_us_per_step": per_step("all_directions_backward_us"),
+        "saving_us_per_step": per_step("saving_us"),
+        "peft_lora_step_s": step_s,
+        "saving_share_of_peft_lora_step": per_step("saving_us") * 1e-6 / step_s,
+    }
 
 
 # -- output --------------------------------------------------------------------------------------------------------
@@ -801,14 +892,17 @@ def format_report(result: dict) -> str:
         f"rmlora bench: {s['model']} shape, {s['layers']} layers, batch {s['batch_size']} x {s['seq_len']}, "
         f"LoRA R={s['lora_r']}, r̂={s['r_hat']}, {s['optim']}{', bf16 autocast' if s['bf16'] else ''}, "
         f"{s['warmup']} warm-up + {s['repeats']} timed repetitions (interleaved)",
-        f"device {env['device']}" + (f" ({env['gpu']}, CUDA {env['cuda']})" if "gpu" in env else f" ({env['cpu']}, {env['cpu_count']} cores)")
+        f"device {env['device']}"
+        + (f" ({env['gpu']}, CUDA {env['cuda']})" if "gpu" in env else f" ({env['cpu']}, {env['cpu_count']} cores)")
         + f", torch threads {env['torch_threads']}, torch {env['torch']}, transformers {env['transformers']}, peft {env['peft']}",
         f"load average (1, 5, 15 min) at start {result['load_average_start']}, at end {result['load_average_end']}; "
         f"run took {result['wall_s']} s",
         "",
     ]
-    header = (f"{'method':<16} {'step s':>8} {'ratio':>6} {'95% CI':>13} {'cpu s':>8} {'cpu ratio':>9} {'95% CI':>13} "
-              f"{'peak MiB':>9} {'mem ratio':>9} {'hooks µs':>9} {'hooks %':>8} {'trainable':>11}")
+    header = (
+        f"{'method':<16} {'step s':>8} {'ratio':>6} {'95% CI':>13} {'cpu s':>8} {'cpu ratio':>9} {'95% CI':>13} "
+        f"{'peak MiB':>9} {'mem ratio':>9} {'hooks µs':>9} {'hooks %':>8} {'trainable':>11}"
+    )
     lines += [header, "-" * len(header)]
     for r in result["methods"]:
         if not r["available"]:
@@ -832,11 +926,16 @@ def format_report(result: dict) -> str:
         lines += ["", f"{'hooks µs/step':<16} {'penalty':>9} {'before':>9} {'after':>9} {'total':>9}"]
         for r in hook_rows:
             h = r["hooks_us"]
-            lines.append(f"{r['method']:<16} {h['penalty']:>9.0f} {h['before']:>9.0f} {h['after']:>9.0f} {h['total']:>9.0f}")
+            lines.append(
+                f"{r['method']:<16} {h['penalty']:>9.0f} {h['before']:>9.0f} {h['after']:>9.0f} {h['total']:>9.0f}"
+            )
     if "sweep" in result:
-        lines += ["", "rm-lora hooks on synthetic models (µs per step; r̂ = R/2; d_in = d_out = d; one shape group)",
-                  f"{'pairs':>5} {'d':>5} {'R':>3} {'pairs·R²':>9} {'pen MFLOP':>9} {'penalty':>8} {'grad mask':>9} "
-                  f"{'strict bef':>10} {'strict aft':>10} {'rm grad':>8} {'rm strict':>9}"]
+        lines += [
+            "",
+            "rm-lora hooks on synthetic models (µs per step; r̂ = R/2; d_in = d_out = d; one shape group)",
+            f"{'pairs':>5} {'d':>5} {'R':>3} {'pairs·R²':>9} {'pen MFLOP':>9} {'penalty':>8} {'grad mask':>9} "
+            f"{'strict bef':>10} {'strict aft':>10} {'rm grad':>8} {'rm strict':>9}",
+        ]
         for r in result["sweep"]:
             lines.append(
                 f"{r['pairs']:>5} {r['d']:>5} {r['R']:>3} {r['pairs_R2']:>9} {r['penalty_mflop']:>9.1f} {r['penalty_us']:>8.0f} "
@@ -845,14 +944,19 @@ def format_report(result: dict) -> str:
             )
     if "selective" in result:
         sel = result["selective"]
-        lines += ["", "GM-LoRA: one LoRA branch's backward (µs): PEFT's autograd + masking, the closed form over all R "
-                      "directions, and over the r̂ selected ones only",
-                  f"{'pairs':>5} {'tokens':>6} {'d_in':>5} {'d_out':>5} {'R':>3} {'r̂':>3} {'autograd':>9} {'all R':>8} "
-                  f"{'r̂ only':>8} {'saving':>8}"]
+        lines += [
+            "",
+            "GM-LoRA: one LoRA branch's backward (µs): PEFT's autograd + masking, the closed form over all R "
+            "directions, and over the r̂ selected ones only",
+            f"{'pairs':>5} {'tokens':>6} {'d_in':>5} {'d_out':>5} {'R':>3} {'r̂':>3} {'autograd':>9} {'all R':>8} "
+            f"{'r̂ only':>8} {'saving':>8}",
+        ]
         for r in sel["shapes"]:
-            lines.append(f"{r['pairs']:>5} {r['tokens']:>6} {r['d_in']:>5} {r['d_out']:>5} {r['R']:>3} {r['r_hat']:>3} "
-                         f"{r['autograd_backward_us']:>9.0f} {r['all_directions_backward_us']:>8.0f} "
-                         f"{r['selected_backward_us']:>8.0f} {r['saving_us']:>8.0f}")
+            lines.append(
+                f"{r['pairs']:>5} {r['tokens']:>6} {r['d_in']:>5} {r['d_out']:>5} {r['R']:>3} {r['r_hat']:>3} "
+                f"{r['autograd_backward_us']:>9.0f} {r['all_directions_backward_us']:>8.0f} "
+                f"{r['selected_backward_us']:>8.0f} {r['saving_us']:>8.0f}"
+            )
         lines.append(
             f"per step: LoRA branches' backward {sel['autograd_backward_us_per_step'] / 1e3:.1f} ms with autograd, "
             f"{sel['all_directions_backward_us_per_step'] / 1e3:.1f} ms in closed form; selecting r̂ saves "

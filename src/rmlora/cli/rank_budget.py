@@ -107,7 +107,9 @@ def plot(budget: RankBudget, path: str) -> None:
         axes[0].plot(R, errs.mean(0), color=color, label=f"{kind} ({len(mods)})")
         axes[0].fill_between(R, errs.min(0), errs.max(0), color=color, alpha=0.15, linewidth=0)
         # σ_{R+1}/σ_1 for R = 0 … k−1 (0-based σ[R] is σ_{R+1})
-        ratio = np.stack([np.asarray(m.singular_values[:k]) / m.singular_values[0] for m in mods if m.singular_values[0] > 0])
+        ratio = np.stack(
+            [np.asarray(m.singular_values[:k]) / m.singular_values[0] for m in mods if m.singular_values[0] > 0]
+        )
         axes[1].plot(R[:-1], ratio.mean(0), color=color)
     k_max = max(len(m.singular_values) for m in budget.modules)
     ticks = [0] + [R for R in budget.ranks if R <= k_max] + ([k_max] if k_max not in budget.ranks else [])
@@ -124,8 +126,11 @@ def plot(budget: RankBudget, path: str) -> None:
     axes[0].set(ylabel="‖E − E_R‖_F / ‖E‖_F", ylim=(0, 1.02), title="best relative error of a rank-R update")
     axes[1].set(yscale="log", ylabel="σ_{R+1}(E) / σ_1(E)", title="bound term e(R) of Eq. 9")
     axes[0].legend(fontsize=7, loc="upper right")
-    fig.suptitle(f"E = W_target − W_base: {os.path.basename(os.path.normpath(budget.target))} vs "
-                 f"{os.path.basename(os.path.normpath(budget.base))} (mean, min–max over layers)", fontsize=9)
+    fig.suptitle(
+        f"E = W_target − W_base: {os.path.basename(os.path.normpath(budget.target))} vs "
+        f"{os.path.basename(os.path.normpath(budget.base))} (mean, min–max over layers)",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -135,31 +140,58 @@ def _ranks(value: str) -> list[int]:
     try:
         return [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise ConfigError(f"--ranks must be comma-separated integers, got {value!r}: e.g. --ranks 1,2,4,8,16,32") from None
+        raise ConfigError(
+            f"--ranks must be comma-separated integers, got {value!r}: e.g. --ranks 1,2,4,8,16,32"
+        ) from None
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="rmlora rank-budget", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="rmlora rank-budget", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--base", required=True, help="the frozen model: a transformers model folder or hub id")
-    parser.add_argument("--target", required=True,
-                        help="the fine-tuned model of the same architecture (e.g. `rmlora train --method full` output)")
+    parser.add_argument(
+        "--target",
+        required=True,
+        help="the fine-tuned model of the same architecture (e.g. `rmlora train --method full` output)",
+    )
     parser.add_argument("--ranks", default=",".join(map(str, DEFAULT_RANKS)), help="candidate LoRA ranks R")
-    parser.add_argument("--max_error", type=float, default=DEFAULT_MAX_ERROR,
-                        help="relative error ‖E − E_R‖_F / ‖E‖_F whose smallest R is reported per module")
-    parser.add_argument("--target_modules", default=None,
-                        help="comma-separated module name suffixes (PEFT's target_modules rule); default every "
-                             "Linear/Conv1D inside a transformer block")
-    parser.add_argument("--adapter", default=None,
-                        help="a PEFT LoRA adapter trained on --base: report its ΔW's intrinsic rank r and σ_{r+1}(E) − σ_{R+1}(E)")
-    parser.add_argument("--rtol", type=float, default=None,
-                        help="relative tolerance of ΔW's numerical rank (σ_i > rtol·σ_max); default max(d_out, d_in)·eps(float32)")
+    parser.add_argument(
+        "--max_error",
+        type=float,
+        default=DEFAULT_MAX_ERROR,
+        help="relative error ‖E − E_R‖_F / ‖E‖_F whose smallest R is reported per module",
+    )
+    parser.add_argument(
+        "--target_modules",
+        default=None,
+        help="comma-separated module name suffixes (PEFT's target_modules rule); default every "
+        "Linear/Conv1D inside a transformer block",
+    )
+    parser.add_argument(
+        "--adapter",
+        default=None,
+        help="a PEFT LoRA adapter trained on --base: report its ΔW's intrinsic rank r and σ_{r+1}(E) − σ_{R+1}(E)",
+    )
+    parser.add_argument(
+        "--rtol",
+        type=float,
+        default=None,
+        help="relative tolerance of ΔW's numerical rank (σ_i > rtol·σ_max); default max(d_out, d_in)·eps(float32)",
+    )
     parser.add_argument("--output_dir", default=None, help=f"write {JSON_NAME} and the figure {FIGURE_NAME} here")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     args = parser.parse_args(argv)
 
-    budget = rank_budget(args.base, args.target, ranks=_ranks(args.ranks), max_error=args.max_error,
-                         target_modules=args.target_modules, adapter=args.adapter, rtol=args.rtol)
+    budget = rank_budget(
+        args.base,
+        args.target,
+        ranks=_ranks(args.ranks),
+        max_error=args.max_error,
+        target_modules=args.target_modules,
+        adapter=args.adapter,
+        rtol=args.rtol,
+    )
     written = []
     if args.output_dir:
         os.makedirs(args.output_dir, exist_ok=True)

@@ -63,17 +63,53 @@ def plot(result: SyntheticResult, path: str) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     ax = axes[0]
-    ax.plot(R, [row["sum_bound_terms_relative"] for row in rows], "k--", marker="s", ms=3, label="Σ_l σ_{R+1}(Ē_l) (Eq. 9)")
-    ax.plot(R, [row["eq8_bound_relative"] for row in rows], color="0.5", linestyle=":", marker="^", ms=3, label="Eq. 8 bound")
-    ax.plot(R, [row["construction_error_relative"] for row in rows], color="tab:green", marker="o", ms=3,
-            label="truncated-SVD adapters")
+    ax.plot(
+        R, [row["sum_bound_terms_relative"] for row in rows], "k--", marker="s", ms=3, label="Σ_l σ_{R+1}(Ē_l) (Eq. 9)"
+    )
+    ax.plot(
+        R,
+        [row["eq8_bound_relative"] for row in rows],
+        color="0.5",
+        linestyle=":",
+        marker="^",
+        ms=3,
+        label="Eq. 8 bound",
+    )
+    ax.plot(
+        R,
+        [row["construction_error_relative"] for row in rows],
+        color="tab:green",
+        marker="o",
+        ms=3,
+        label="truncated-SVD adapters",
+    )
     for m in cfg.methods:
-        ax.plot(R, [row[m]["error_relative"] for row in rows], color=colors[m], marker="o", ms=3, label=f"{LABELS[m]} (trained)")
-    ax.set(xscale="log", yscale="log", xlabel="LoRA rank R", ylabel="relative to R = 0 (f0)", title="error and bound terms, relative")
+        ax.plot(
+            R,
+            [row[m]["error_relative"] for row in rows],
+            color=colors[m],
+            marker="o",
+            ms=3,
+            label=f"{LABELS[m]} (trained)",
+        )
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="LoRA rank R",
+        ylabel="relative to R = 0 (f0)",
+        title="error and bound terms, relative",
+    )
     ax.legend(fontsize=7)
 
     ax = axes[1]
-    ax.plot(R, [row["construction_error"] for row in rows], color="tab:green", marker="o", ms=3, label="truncated-SVD adapters")
+    ax.plot(
+        R,
+        [row["construction_error"] for row in rows],
+        color="tab:green",
+        marker="o",
+        ms=3,
+        label="truncated-SVD adapters",
+    )
     for m in cfg.methods:
         mean = np.array([row[m]["error"] for row in rows])
         std = np.array([row[m]["error_std"] for row in rows])
@@ -85,10 +121,30 @@ def plot(result: SyntheticResult, path: str) -> None:
     ax = axes[2]
     ax.plot(R, R, color="0.7", linestyle="--", label="r = R")
     for m in cfg.methods:
-        ax.plot(R, [row[m]["intrinsic_rank"] for row in rows], color=colors[m], marker="o", ms=3, label=f"{LABELS[m]} numerical rank")
-        ax.plot(R, [row[m]["effective_rank"] for row in rows], color=colors[m], marker="x", ms=4, linestyle=":",
-                label=f"{LABELS[m]} effective rank")
-    ax.set(xscale="log", yscale="log", xlabel="LoRA rank R", ylabel="rank of ΔW (mean over layers)", title="intrinsic rank reached")
+        ax.plot(
+            R,
+            [row[m]["intrinsic_rank"] for row in rows],
+            color=colors[m],
+            marker="o",
+            ms=3,
+            label=f"{LABELS[m]} numerical rank",
+        )
+        ax.plot(
+            R,
+            [row[m]["effective_rank"] for row in rows],
+            color=colors[m],
+            marker="x",
+            ms=4,
+            linestyle=":",
+            label=f"{LABELS[m]} effective rank",
+        )
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="LoRA rank R",
+        ylabel="rank of ΔW (mean over layers)",
+        title="intrinsic rank reached",
+    )
     ax.legend(fontsize=7)
     # at R = D every curve but the trained ones is exactly 0: keep the log axes on the trained errors' scale
     trained = [row[m]["error_relative"] for row in rows for m in cfg.methods]
@@ -119,18 +175,24 @@ def _number(value: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rmlora synthetic", description=__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="rmlora synthetic", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     for f in dataclasses.fields(SyntheticConfig):
         help_text = f.metadata.get("help", "")
         if f.name in ("ranks", "methods"):
-            parser.add_argument(f"--{f.name}", default=",".join(map(str, f.default)), help=help_text + " Comma-separated.")
+            parser.add_argument(
+                f"--{f.name}", default=",".join(map(str, f.default)), help=help_text + " Comma-separated."
+            )
         elif f.name == "r_hat":
             parser.add_argument("--r_hat", type=_number, default=f.default, help=help_text)
         else:
             parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default, help=help_text)
-    parser.add_argument("--output_dir", default=os.path.join("outputs", "synthetic"),
-                        help=f"where {JSON_NAME} and {FIGURE_NAME} are written")
+    parser.add_argument(
+        "--output_dir",
+        default=os.path.join("outputs", "synthetic"),
+        help=f"where {JSON_NAME} and {FIGURE_NAME} are written",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     return parser
 

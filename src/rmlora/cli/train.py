@@ -38,7 +38,13 @@ DIAGNOSTICS_NAME = "diagnostics.json"
 
 logger = logging.getLogger(__name__)
 
-_CHOICES = {"method": METHODS, "reg_form": REG_FORMS, "reg_reduction": REG_REDUCTIONS, "mask_sampling": MASK_SAMPLINGS, "mask_mode": MASK_MODES}
+_CHOICES = {
+    "method": METHODS,
+    "reg_form": REG_FORMS,
+    "reg_reduction": REG_REDUCTIONS,
+    "mask_sampling": MASK_SAMPLINGS,
+    "mask_mode": MASK_MODES,
+}
 
 
 def _method_arguments_class():
@@ -98,7 +104,15 @@ def argument_classes() -> tuple:
     from rmlora.methods.sora import SoraArguments
     from rmlora.tasks import DataArguments, ModelArguments
 
-    return (ModelArguments, DataArguments, MethodArguments, LoraArguments, AdaLoraArguments, SoraArguments, TrainingArguments)
+    return (
+        ModelArguments,
+        DataArguments,
+        MethodArguments,
+        LoraArguments,
+        AdaLoraArguments,
+        SoraArguments,
+        TrainingArguments,
+    )
 
 
 def parse_args(argv: list[str]):
@@ -119,7 +133,9 @@ def num_training_steps(num_examples: int, training_args) -> int:
     """Optimizer steps of the run, computed as transformers' Trainer does (set_initial_training_values)."""
     if training_args.max_steps > 0:
         return int(training_args.max_steps)
-    per_step = training_args.per_device_train_batch_size * max(1, training_args.n_gpu) * max(1, training_args.world_size)
+    per_step = (
+        training_args.per_device_train_batch_size * max(1, training_args.n_gpu) * max(1, training_args.world_size)
+    )
     batches = num_examples // per_step if training_args.dataloader_drop_last else math.ceil(num_examples / per_step)
     ga = training_args.gradient_accumulation_steps
     per_epoch = max(batches // ga + int(batches % ga > 0), 1)
@@ -133,7 +149,12 @@ def versions() -> dict:
 
     from rmlora import __version__
 
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__, "rmlora": __version__}
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "rmlora": __version__,
+    }
 
 
 def _diagnose(model, method: str):
@@ -162,7 +183,9 @@ def train(model_args, data_args, method_args, lora_args, adalora_args, sora_args
     config = rmlora_config(method_args, training_args.seed)
     out_dir = training_args.output_dir
     if not out_dir:
-        raise ConfigError("no --output_dir given: pass the folder that receives the adapter, metrics.json and history.jsonl")
+        raise ConfigError(
+            "no --output_dir given: pass the folder that receives the adapter, metrics.json and history.jsonl"
+        )
     os.makedirs(out_dir, exist_ok=True)
     metrics_path = os.path.join(out_dir, METRICS_NAME)
     if os.path.exists(metrics_path):  # a stale metrics.json would say this run finished
@@ -181,14 +204,21 @@ def train(model_args, data_args, method_args, lora_args, adalora_args, sora_args
     if not task.remove_unused_columns:
         training_args.remove_unused_columns = False
     total_steps = num_training_steps(len(task.train_dataset), training_args)
-    settings = {"adalora": adalora_args, "sora": sora_args, "total_steps": total_steps, "learning_rate": training_args.learning_rate}
+    settings = {
+        "adalora": adalora_args,
+        "sora": sora_args,
+        "total_steps": total_steps,
+        "learning_rate": training_args.learning_rate,
+    }
     model = prepare_model(base, config, lora_args, task_type=task.peft_task_type(), **settings)
 
     trainer = RMLoraTrainer(
         model=model,
         args=training_args,
         train_dataset=task.train_dataset,
-        eval_dataset=task.eval_datasets.get("validation"),  # for a user's own --eval_strategy; history.jsonl does not need it
+        eval_dataset=task.eval_datasets.get(
+            "validation"
+        ),  # for a user's own --eval_strategy; history.jsonl does not need it
         data_collator=task.data_collator,
         processing_class=task.processing_class,
         compute_metrics=task.trainer_metrics(),
@@ -207,7 +237,9 @@ def train(model_args, data_args, method_args, lora_args, adalora_args, sora_args
         diag = _diagnose(trainer.model, config.method)
         return diag.summary if diag is not None else None
 
-    history = HistoryCallback(os.path.join(out_dir, "history.jsonl"), evaluate_all, task.primary_metric, diagnostics_summary)
+    history = HistoryCallback(
+        os.path.join(out_dir, "history.jsonl"), evaluate_all, task.primary_metric, diagnostics_summary
+    )
     trainer.add_callback(history)
 
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -271,7 +303,18 @@ def main(argv: list[str]) -> int:
     record = train(*args)
     m = record["metrics"]
     shown = {k: v for k, v in m.items() if k.startswith(("eval_", "test_")) or k.endswith("generalization_error")}
-    print(json.dumps({"output_dir": args[-1].output_dir, "method": record["method"], **shown, "wall_time_s": record["wall_time_s"]}, indent=1, default=str))
+    print(
+        json.dumps(
+            {
+                "output_dir": args[-1].output_dir,
+                "method": record["method"],
+                **shown,
+                "wall_time_s": record["wall_time_s"],
+            },
+            indent=1,
+            default=str,
+        )
+    )
     return 0
 
 

@@ -50,7 +50,9 @@ def direction_keys(module_keys: torch.Tensor, rank: int, seed: int, step: int, s
     return mix32(per_module[:, None] + j[None, :])
 
 
-def select_directions(module_keys: torch.Tensor, rank: int, r_hat: int, seed: int, step: int, stream: int) -> torch.Tensor:
+def select_directions(
+    module_keys: torch.Tensor, rank: int, r_hat: int, seed: int, step: int, stream: int
+) -> torch.Tensor:
     """n x r̂ sorted indices in [0, R): the r̂ directions with the smallest keys (distinct by construction)."""
     keys = direction_keys(module_keys, rank, seed, step, stream)
     # (key, index) order breaks the rare tie deterministically; argsort of a permutation-free key set

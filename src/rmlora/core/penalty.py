@@ -28,7 +28,9 @@ def _terms(diff: torch.Tensor, squared: bool) -> torch.Tensor:
     return sq if squared else sq.sqrt()
 
 
-def _term_gradient(x: torch.Tensor, diff: torch.Tensor, terms: torch.Tensor, rows: bool, squared: bool, scale: torch.Tensor):
+def _term_gradient(
+    x: torch.Tensor, diff: torch.Tensor, terms: torch.Tensor, rows: bool, squared: bool, scale: torch.Tensor
+):
     """∂(scale_k · term_k)/∂x_k for every pair k of the stack, in closed form.
 
     squared:   ∂‖XXᵀ−I‖²/∂X = 4 (XXᵀ−I) X,      ∂‖XᵀX−I‖²/∂X = 4 X (XᵀX−I)
@@ -106,7 +108,10 @@ def add_penalty_gradient(groups: list[PairGroup], form: str, reduction: str, wei
     scale = weight / count if reduction == "mean" else weight
     squared = form == "squared"
     for group in groups:
-        for params, x, rows in ((group.A, group.stacked_a().float(), True), (group.B, group.stacked_b().float(), False)):
+        for params, x, rows in (
+            (group.A, group.stacked_a().float(), True),
+            (group.B, group.stacked_b().float(), False),
+        ):
             diff = _gram_minus_identity(x, rows)
             terms = _terms(diff, squared)
             grad = _term_gradient(x, diff, terms, rows, squared, torch.full_like(terms, scale))

@@ -120,7 +120,11 @@ class RMLora:
         for gis, keys in self._buckets:
             rank, r_hat = self.groups[gis[0]].rank, self._r_hat[gis[0]]
             a_idx = select_directions(keys, rank, r_hat, cfg.seed, step, STREAM_A)
-            b_idx = a_idx if cfg.mask_sampling == "shared" else select_directions(keys, rank, r_hat, cfg.seed, step, STREAM_B)
+            b_idx = (
+                a_idx
+                if cfg.mask_sampling == "shared"
+                else select_directions(keys, rank, r_hat, cfg.seed, step, STREAM_B)
+            )
             yield gis, a_idx, b_idx
 
     def directions(self, step: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

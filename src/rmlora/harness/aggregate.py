@@ -17,7 +17,14 @@ LOWER_IS_BETTER = ("loss", "error", "runtime", "wall_time_s", "perplexity", "ort
 
 # keys of an evaluation that are bookkeeping, not task metrics; the generalization error has its own panel
 # in the curves and no column in the paper's tables
-HOUSEKEEPING = ("runtime", "samples_per_second", "steps_per_second", "epoch", "model_preparation_time", "generalization_error")
+HOUSEKEEPING = (
+    "runtime",
+    "samples_per_second",
+    "steps_per_second",
+    "epoch",
+    "model_preparation_time",
+    "generalization_error",
+)
 
 
 @dataclass(frozen=True)
@@ -70,8 +77,9 @@ def group_by(records: Iterable[dict], keys: Sequence[str]) -> dict[tuple, list[d
 
 # -- which metrics a set of runs reports --------------------------------------------------------------
 
+
 def split_of(records: Sequence[dict]) -> str:
-    """"test" if every run has test metrics, else "eval" (runs without a test split)."""
+    """ "test" if every run has test metrics, else "eval" (runs without a test split)."""
     has_test = all(any(k.startswith("test_") for k in r.get("metrics", {})) for r in records)
     return "test" if records and has_test else "eval"
 
@@ -84,7 +92,7 @@ def metric_names(records: Sequence[dict], split: str, include_loss: bool = False
         for key, value in r.get("metrics", {}).items():
             if not key.startswith(prefix) or not isinstance(value, (int, float)) or isinstance(value, bool):
                 continue
-            name = key[len(prefix):]
+            name = key[len(prefix) :]
             if name in HOUSEKEEPING or (name == "loss" and not include_loss) or name in names:
                 continue
             names.append(name)
@@ -98,4 +106,3 @@ def metric_stat(records: Sequence[dict], split: str, name: str) -> Stat:
 def summary_stat(records: Sequence[dict], key: str) -> Stat:
     """Over seeds, a key of the runs' ΔW diagnostics summary (mean_rank, mean_orthogonality_loss, ...)."""
     return mean_std((r.get("diagnostics") or {}).get(key) for r in records)
-

@@ -113,7 +113,10 @@ def check_train_args(args: Sequence[str]) -> None:
 
 
 def cell_args(
-    cell: Cell, common: Sequence[str], overrides: dict[str, list[tuple[str, str]]], init_rank_factor: int = INIT_RANK_FACTOR
+    cell: Cell,
+    common: Sequence[str],
+    overrides: dict[str, list[tuple[str, str]]],
+    init_rank_factor: int = INIT_RANK_FACTOR,
 ) -> list[str]:
     """The cell's `rmlora train` flags, without --output_dir.
 
@@ -136,7 +139,7 @@ def cell_args(
 
 
 def cell_ranks(method: str, args: Sequence[str]) -> dict | None:
-    """"# T / I rank" of a cell from its train flags: the rank trained and the rank kept at inference
+    """ "# T / I rank" of a cell from its train flags: the rank trained and the rank kept at inference
     (AdaLoRA: init_r and target_r; SoRA: its gated rank, pruned per module, as the paper's tables list it)."""
     flags = flag_map(args)
     last = lambda key: int(flags[key][-1]) if flags.get(key) else None  # noqa: E731
@@ -171,6 +174,7 @@ def _differences(old: Sequence[str], new: Sequence[str]) -> str:
 
 
 # -- the sweep ----------------------------------------------------------------------------------------
+
 
 @dataclass
 class SweepResult:
@@ -238,7 +242,9 @@ class Sweep:
             try:
                 parse_args(self.args(cell) + ["--output_dir", self.run_dir(cell)])
             except SystemExit:  # argparse has printed the usage and what it rejected
-                raise ConfigError(f"cell {cell.name}: rmlora train rejects these flags (see the message above)") from None
+                raise ConfigError(
+                    f"cell {cell.name}: rmlora train rejects these flags (see the message above)"
+                ) from None
             except RMLoraError as e:
                 raise type(e)(f"cell {cell.name}: {e}") from None
 
@@ -342,7 +348,10 @@ class Sweep:
             shutil.rmtree(run_dir)
         os.makedirs(run_dir)
         args = self.args(cell)
-        write_json(os.path.join(run_dir, CELL_NAME), {"cell": cell.name, "method": cell.method, "rank": cell.rank, "seed": cell.seed, "train_args": args})
+        write_json(
+            os.path.join(run_dir, CELL_NAME),
+            {"cell": cell.name, "method": cell.method, "rank": cell.rank, "seed": cell.seed, "train_args": args},
+        )
         argv = args + ["--output_dir", run_dir]
         rc = self._subprocess(cell, argv, bar) if self.isolate else self._in_process(argv)
         if rc != 0:

@@ -59,7 +59,7 @@ SPLIT_LABELS = {"test": "test", "eval": "validation"}
 
 
 def method_label(method: str, rank: int | None = None, ranks: dict | None = None) -> str:
-    """"RM-LoRA R=8"; AdaLoRA and SoRA, placed in the block of the R they prune towards, show the rank
+    """ "RM-LoRA R=8"; AdaLoRA and SoRA, placed in the block of the R they prune towards, show the rank
     they train at: "AdaLoRA R=16→8", "SoRA R=16" (`ranks`: {"trainable", "inference"} of the cell)."""
     label = METHOD_LABELS.get(method, method)
     if rank is None or method == "full":
@@ -113,7 +113,10 @@ def format_value(value: float, digits: int) -> str:
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(headers))) + "|"]
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join("---" if i == 0 else "---:" for i in range(len(headers))) + "|",
+    ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -157,7 +160,7 @@ def _metric_columns(rows, split: str, names: Sequence[str]) -> list[list[str]]:
 
 
 def _trained_ranks(key: tuple, runs: Sequence[dict]) -> str:
-    """"# T / I rank" of Tables 2/3: the rank trained and the rank kept at inference."""
+    """ "# T / I rank" of Tables 2/3: the rank trained and the rank kept at inference."""
     method, rank = key
     if method == "full" or rank is None:
         return "N/A / N/A"
@@ -192,7 +195,8 @@ def table_qa(records: Sequence[dict]) -> str:
     columns = _metric_columns(rows, split, names)
     headers = ["Method", "# T / I rank", "# T / I params", "seeds"] + [metric_label(n, split) for n in names]
     body = [
-        [row_label(key, runs), _trained_ranks(key, runs), _param_counts(runs), _seed_count(runs)] + [col[i] for col in columns]
+        [row_label(key, runs), _trained_ranks(key, runs), _param_counts(runs), _seed_count(runs)]
+        + [col[i] for col in columns]
         for i, (key, runs) in enumerate(rows)
     ]
     return markdown_table(headers, body)
@@ -256,7 +260,9 @@ def _describe(records: Sequence[dict]) -> str:
     )
 
 
-def render(records: Sequence[dict], figures: dict[str, Sequence[str]] | None = None, title: str = "RM-LoRA comparison") -> str:
+def render(
+    records: Sequence[dict], figures: dict[str, Sequence[str]] | None = None, title: str = "RM-LoRA comparison"
+) -> str:
     """The whole report.md: per (task, model), the tables and links to the figures.
 
     `figures` maps a section key "task|model" to figure paths relative to the report.
@@ -283,6 +289,7 @@ def render(records: Sequence[dict], figures: dict[str, Sequence[str]] | None = N
 
 
 # -- from a comparison folder -------------------------------------------------------------------------
+
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-") or "x"
@@ -336,7 +343,9 @@ def _figures(output_dir: str, runs: Sequence[dict], base: str, suffix: str) -> t
             if history:
                 histories.setdefault(label, []).append(history)
             else:
-                notes.append(f"{record['cell']}: no {os.path.join(record.get('run_dir', ''), 'history.jsonl')}; left out of the curves")
+                notes.append(
+                    f"{record['cell']}: no {os.path.join(record.get('run_dir', ''), 'history.jsonl')}; left out of the curves"
+                )
             if method != "full":
                 diagnostics = read_diagnostics(run_dir)
                 if diagnostics:
@@ -353,4 +362,3 @@ def _figures(output_dir: str, runs: Sequence[dict], base: str, suffix: str) -> t
                 files += plot_curves(subset, os.path.join(base, f"curves{suffix}-R{r}"), title=f"R = {r}")
     files += plot_spectra(spectra_runs, os.path.join(base, f"spectra{suffix}"))
     return files, notes
-

@@ -99,7 +99,9 @@ def read_adapter(adapter_dir: str) -> tuple[dict, dict[str, torch.Tensor]]:
     from safetensors.torch import load_file
 
     if not os.path.isdir(adapter_dir):
-        raise AdapterError(f"adapter directory {adapter_dir!r} does not exist: pass the folder that save_pretrained wrote")
+        raise AdapterError(
+            f"adapter directory {adapter_dir!r} does not exist: pass the folder that save_pretrained wrote"
+        )
     config_path = os.path.join(adapter_dir, ADAPTER_CONFIG_NAME)
     weights_path = os.path.join(adapter_dir, ADAPTER_WEIGHTS_NAME)
     for path in (config_path, weights_path):

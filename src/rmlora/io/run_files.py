@@ -102,6 +102,7 @@ def _jsonable(x):
 
 # -- a run's own files --------------------------------------------------------------------------------
 
+
 def read_json(path: str) -> dict | None:
     """A JSON file written atomically by the run, or None if it is absent or unreadable."""
     try:

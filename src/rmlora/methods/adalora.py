@@ -40,7 +40,9 @@ class AdaLoraArguments:
     """AdaLoRA's budget knobs (PEFT's AdaLoraConfig), under names that do not clash with LoRA's."""
 
     adalora_init_r: int = field(default=12, metadata={"help": "AdaLoRA's initial rank of every module (init_r)."})
-    adalora_target_r: int = field(default=8, metadata={"help": "AdaLoRA's target average rank after pruning (target_r)."})
+    adalora_target_r: int = field(
+        default=8, metadata={"help": "AdaLoRA's target average rank after pruning (target_r)."}
+    )
     adalora_tinit: int = field(default=0, metadata={"help": "Steps of warm-up before rank pruning starts (tinit)."})
     adalora_tfinal: int = field(
         default=1,
@@ -50,7 +52,9 @@ class AdaLoraArguments:
         },
     )
     adalora_delta_t: int = field(default=1, metadata={"help": "Steps between two budget allocations (deltaT)."})
-    adalora_orth_reg_weight: float = field(default=0.5, metadata={"help": "Weight of AdaLoRA's orthogonal regularizer."})
+    adalora_orth_reg_weight: float = field(
+        default=0.5, metadata={"help": "Weight of AdaLoRA's orthogonal regularizer."}
+    )
     adalora_beta1: float = field(default=0.85, metadata={"help": "EMA factor of the importance sensitivity."})
     adalora_beta2: float = field(default=0.85, metadata={"help": "EMA factor of the importance uncertainty."})
 
@@ -119,8 +123,14 @@ class AdaLoraArguments:
         )
 
 
-def prepare_adalora_model(base_model: nn.Module, lora=None, task_type=None, adalora: AdaLoraArguments | None = None,
-                          total_steps: int | None = None, **_) -> nn.Module:
+def prepare_adalora_model(
+    base_model: nn.Module,
+    lora=None,
+    task_type=None,
+    adalora: AdaLoraArguments | None = None,
+    total_steps: int | None = None,
+    **_,
+) -> nn.Module:
     """PEFT's AdaLoRA model on `base_model`; `total_steps` is the run's number of optimizer steps, if known."""
     from peft import get_peft_model
 
@@ -147,8 +157,14 @@ class AdaLoraMethod:
 
     uses_penalty = False  # PEFT puts the orthogonal regularizer into outputs.loss itself
 
-    def __init__(self, model: nn.Module, config: RMLoraConfig | None = None, adalora: AdaLoraArguments | None = None,
-                 total_steps: int | None = None, **_):
+    def __init__(
+        self,
+        model: nn.Module,
+        config: RMLoraConfig | None = None,
+        adalora: AdaLoraArguments | None = None,
+        total_steps: int | None = None,
+        **_,
+    ):
         self.model = model
         self.config = config if config is not None else RMLoraConfig(method="adalora")
         self.adalora_model = _adalora_model(model)
@@ -156,10 +172,14 @@ class AdaLoraMethod:
         self.peft_config = self.adalora_model.peft_config[self.adapter]
         if adalora is None:
             adalora = AdaLoraArguments(
-                adalora_init_r=self.peft_config.init_r, adalora_target_r=self.peft_config.target_r,
-                adalora_tinit=self.peft_config.tinit, adalora_tfinal=max(1, self.peft_config.tfinal),
-                adalora_delta_t=self.peft_config.deltaT, adalora_orth_reg_weight=self.peft_config.orth_reg_weight,
-                adalora_beta1=self.peft_config.beta1, adalora_beta2=self.peft_config.beta2,
+                adalora_init_r=self.peft_config.init_r,
+                adalora_target_r=self.peft_config.target_r,
+                adalora_tinit=self.peft_config.tinit,
+                adalora_tfinal=max(1, self.peft_config.tfinal),
+                adalora_delta_t=self.peft_config.deltaT,
+                adalora_orth_reg_weight=self.peft_config.orth_reg_weight,
+                adalora_beta1=self.peft_config.beta1,
+                adalora_beta2=self.peft_config.beta2,
             )
         self.args = adalora
         self._held_rank_pattern = None  # rank_pattern while checkpoint_save() hides it from PEFT
@@ -172,7 +192,9 @@ class AdaLoraMethod:
         total_steps = int(total_steps)
         self.args.check_total_steps(total_steps)
         if self.total_steps is not None and self.total_steps != total_steps:
-            logger.warning("AdaLoRA total_step %d replaced by the run's %d optimizer steps", self.total_steps, total_steps)
+            logger.warning(
+                "AdaLoRA total_step %d replaced by the run's %d optimizer steps", self.total_steps, total_steps
+            )
         self.total_steps = total_steps
         self.adalora_model.rankallocator.set_total_step(total_steps)
 
@@ -263,7 +285,9 @@ class AdaLoraMethod:
             "total_steps": self.total_steps,
             "rank_pattern": self.rank_pattern(),
             "importance": {
-                "ipt": dict(alloc.ipt), "exp_avg_ipt": dict(alloc.exp_avg_ipt), "exp_avg_unc": dict(alloc.exp_avg_unc),
+                "ipt": dict(alloc.ipt),
+                "exp_avg_ipt": dict(alloc.exp_avg_ipt),
+                "exp_avg_unc": dict(alloc.exp_avg_unc),
             },
         }
 
@@ -281,15 +305,20 @@ class AdaLoraMethod:
         params = dict(self.adalora_model.model.named_parameters())
         for key in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
             saved = state.get("importance", {}).get(key, {})
-            setattr(alloc, key, {
-                n: torch.as_tensor(v, dtype=params[n].dtype).to(params[n].device).reshape(params[n].shape)
-                for n, v in saved.items() if n in params
-            })
+            setattr(
+                alloc,
+                key,
+                {
+                    n: torch.as_tensor(v, dtype=params[n].dtype).to(params[n].device).reshape(params[n].shape)
+                    for n, v in saved.items()
+                    if n in params
+                },
+            )
 
 
 def _pattern_for(pattern: dict, module_name: str, adapter: str):
     """The rank_pattern entry of a module: PEFT keys it by `<path>.lora_E.<adapter>`, or without the adapter after a save."""
-    path = module_name[len("base_model.model."):] if module_name.startswith("base_model.model.") else module_name
+    path = module_name[len("base_model.model.") :] if module_name.startswith("base_model.model.") else module_name
     for key in (f"{path}.lora_E.{adapter}", f"{path}.lora_E"):
         if key in pattern:
             return pattern[key]

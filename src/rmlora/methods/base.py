@@ -46,9 +46,13 @@ class LoraArguments:
     )
     modules_to_save: str | None = field(
         default=None,
-        metadata={"help": "Comma-separated modules trained fully and saved with the adapter (e.g. the classifier head)."},
+        metadata={
+            "help": "Comma-separated modules trained fully and saved with the adapter (e.g. the classifier head)."
+        },
     )
-    use_rslora: bool = field(default=False, metadata={"help": "Scale by alpha / sqrt(R) (rsLoRA) instead of alpha / R."})
+    use_rslora: bool = field(
+        default=False, metadata={"help": "Scale by alpha / sqrt(R) (rsLoRA) instead of alpha / R."}
+    )
 
     def __post_init__(self):
         if self.lora_r < 1:
@@ -165,7 +169,9 @@ class targets_checked:
         return False
 
 
-def prepare_model(base_model: nn.Module, config: RMLoraConfig, lora: LoraArguments | None = None, task_type=None, **settings) -> nn.Module:
+def prepare_model(
+    base_model: nn.Module, config: RMLoraConfig, lora: LoraArguments | None = None, task_type=None, **settings
+) -> nn.Module:
     """Wrap `base_model` for `config.method`; `settings` carries the baselines' own knobs."""
     lora = lora or LoraArguments()
     if config.method == "full":

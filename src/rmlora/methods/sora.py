@@ -48,11 +48,18 @@ STATE_VERSION = 1
 class SoraArguments:
     """SoRA's knobs (reference repo TsinghuaC3I/SoRA names in parentheses)."""
 
-    sora_lambda: float = field(default=1e-3, metadata={"help": "Weight λ of the L1 term Σ|g| / #gates in the loss (sparse_lambda)."})
-    sora_xi: float = field(default=1e-4, metadata={"help": "Soft-threshold ξ applied to the gates after each gate step (sparse_lambda_2)."})
-    sora_gate_lr: float | None = field(default=None, metadata={"help": "Learning rate of the gates' own AdamW; default: the main learning rate."})
+    sora_lambda: float = field(
+        default=1e-3, metadata={"help": "Weight λ of the L1 term Σ|g| / #gates in the loss (sparse_lambda)."}
+    )
+    sora_xi: float = field(
+        default=1e-4, metadata={"help": "Soft-threshold ξ applied to the gates after each gate step (sparse_lambda_2)."}
+    )
+    sora_gate_lr: float | None = field(
+        default=None, metadata={"help": "Learning rate of the gates' own AdamW; default: the main learning rate."}
+    )
     sora_xi_schedule: str | None = field(
-        default=None, metadata={"help": "Raise ξ during training: linear, log_linear or exp_linear (default: constant ξ)."}
+        default=None,
+        metadata={"help": "Raise ξ during training: linear, log_linear or exp_linear (default: constant ξ)."},
     )
     sora_xi_max: float | None = field(default=None, metadata={"help": "Final ξ of the schedule."})
     sora_xi_steps: int = field(default=1, metadata={"help": "Number of ξ values the schedule steps through (k)."})
@@ -63,15 +70,21 @@ class SoraArguments:
             if not isinstance(value, (int, float)) or value < 0 or math.isnan(value):
                 raise ConfigError(f"{name} must be a number ≥ 0, got {value!r}")
         if self.sora_gate_lr is not None and not self.sora_gate_lr > 0:
-            raise ConfigError(f"sora_gate_lr must be > 0, got {self.sora_gate_lr!r}: leave it unset to use the main learning rate")
+            raise ConfigError(
+                f"sora_gate_lr must be > 0, got {self.sora_gate_lr!r}: leave it unset to use the main learning rate"
+            )
         if self.sora_xi_schedule in ("", "none", "None"):
             self.sora_xi_schedule = None
         if self.sora_xi_schedule is None:
             return
         if self.sora_xi_schedule not in XI_SCHEDULES:
-            raise ConfigError(f"unknown sora_xi_schedule {self.sora_xi_schedule!r}: choose one of {', '.join(XI_SCHEDULES)}")
+            raise ConfigError(
+                f"unknown sora_xi_schedule {self.sora_xi_schedule!r}: choose one of {', '.join(XI_SCHEDULES)}"
+            )
         if self.sora_xi_max is None or self.sora_xi_max < 0:
-            raise ConfigError(f"sora_xi_schedule={self.sora_xi_schedule} needs sora_xi_max ≥ 0 (the final ξ), got {self.sora_xi_max!r}")
+            raise ConfigError(
+                f"sora_xi_schedule={self.sora_xi_schedule} needs sora_xi_max ≥ 0 (the final ξ), got {self.sora_xi_max!r}"
+            )
         if self.sora_xi_steps < 1:
             raise ConfigError(f"sora_xi_steps must be at least 1, got {self.sora_xi_steps}")
         if self.sora_xi_schedule == "exp_linear" and not (self.sora_xi > 0 and self.sora_xi_max > 0):
@@ -159,9 +172,13 @@ def attach_gates(model: nn.Module) -> list[SoraGate]:
             if adapter not in getattr(layer, "lora_A", {}):
                 continue
             if adapter in getattr(layer, "lora_variant", {}) or getattr(layer, "use_dora", {}).get(adapter, False):
-                raise ConfigError(f"SoRA does not combine with DoRA or other LoRA variants ({name}): set use_dora=False")
+                raise ConfigError(
+                    f"SoRA does not combine with DoRA or other LoRA variants ({name}): set use_dora=False"
+                )
             if getattr(layer, "lora_bias", {}).get(adapter, False):
-                raise ConfigError(f"SoRA prunes B's columns, which a LoRA bias would survive ({name}): set lora_bias=False")
+                raise ConfigError(
+                    f"SoRA prunes B's columns, which a LoRA bias would survive ({name}): set lora_bias=False"
+                )
             if not hasattr(layer, GATE_ATTR):
                 setattr(layer, GATE_ATTR, nn.ParameterDict())
             gates_of_layer = getattr(layer, GATE_ATTR)
@@ -198,8 +215,15 @@ class SoraMethod:
     # RMLoraTrainer.save_model writes export() over the raw adapter: without the gates it would load wrong
     export_on_save = True
 
-    def __init__(self, model: nn.Module, config: RMLoraConfig | None = None, sora: SoraArguments | None = None,
-                 total_steps: int | None = None, learning_rate: float | None = None, **_):
+    def __init__(
+        self,
+        model: nn.Module,
+        config: RMLoraConfig | None = None,
+        sora: SoraArguments | None = None,
+        total_steps: int | None = None,
+        learning_rate: float | None = None,
+        **_,
+    ):
         self.model = model
         self.config = config if config is not None else RMLoraConfig(method="sora")
         self.args = sora if sora is not None else SoraArguments()
@@ -259,7 +283,9 @@ class SoraMethod:
         main_lr = group.get("initial_lr", group["lr"]) if group is not None else None
         base = self.args.sora_gate_lr or self.learning_rate or main_lr
         if base is None:
-            raise ConfigError("SoRA's gates need a learning rate: set sora_gate_lr or pass learning_rate in the method settings")
+            raise ConfigError(
+                "SoRA's gates need a learning rate: set sora_gate_lr or pass learning_rate in the method settings"
+            )
         factor = group["lr"] / main_lr if group is not None and main_lr else 1.0
         return float(base) * factor
 
@@ -328,7 +354,9 @@ class SoraMethod:
             raise ConfigError(f"unsupported SoRA state version {state.get('version')!r} (expected {STATE_VERSION})")
         names = [g.name for g in self.gates]
         if state.get("modules") != names:
-            raise ConfigError("the checkpoint's SoRA gates belong to other modules: resume with the same model and target_modules")
+            raise ConfigError(
+                "the checkpoint's SoRA gates belong to other modules: resume with the same model and target_modules"
+            )
         self.config = RMLoraConfig.from_dict(state["config"])
         self.args = SoraArguments(**state["sora"])
         self._xi_values = self.args.xi_values()
@@ -347,7 +375,7 @@ class SoraMethod:
 # -- export ------------------------------------------------------------------------------------------------
 def _relative_name(name: str) -> str:
     # PEFT keys rank_pattern / target_modules by the module path inside the base model
-    return name[len("base_model.model."):] if name.startswith("base_model.model.") else name
+    return name[len("base_model.model.") :] if name.startswith("base_model.model.") else name
 
 
 @torch.no_grad()
@@ -377,7 +405,9 @@ def export_sora_adapter(model: nn.Module, output_dir: str, gates: list[SoraGate]
         prefix = gate.path
         a_key, b_key = f"{prefix}.lora_A.weight", f"{prefix}.lora_B.weight"
         if a_key not in tensors or b_key not in tensors:
-            raise AdapterError(f"PEFT's state dict has no LoRA weights for {prefix}: export from the model SoRA trained")
+            raise AdapterError(
+                f"PEFT's state dict has no LoRA weights for {prefix}: export from the model SoRA trained"
+            )
         del tensors[a_key], tensors[b_key]
         kept = gate.surviving()
         if kept.numel() == 0:
@@ -403,7 +433,10 @@ def export_sora_adapter(model: nn.Module, output_dir: str, gates: list[SoraGate]
     config.layers_to_transform = config.layers_pattern = config.exclude_modules = None
     config.inference_mode = True
     os.makedirs(output_dir, exist_ok=True)
-    save_file({k: v.cpu().contiguous() for k, v in tensors.items()}, os.path.join(output_dir, ADAPTER_WEIGHTS_NAME),
-              metadata={"format": "pt"})
+    save_file(
+        {k: v.cpu().contiguous() for k, v in tensors.items()},
+        os.path.join(output_dir, ADAPTER_WEIGHTS_NAME),
+        metadata={"format": "pt"},
+    )
     config.save_pretrained(output_dir)
     return rank_pattern

@@ -11,14 +11,18 @@ PLACEMENTS = ("head", "attention", "all")
 @dataclass
 class ModelArguments:
     model_name_or_path: str = field(
-        metadata={"help": "Hub model id or local folder of the pre-trained model (with --gguf_file: the folder or repo of that file)."}
+        metadata={
+            "help": "Hub model id or local folder of the pre-trained model (with --gguf_file: the folder or repo of that file)."
+        }
     )
     tokenizer_name: str | None = field(
         default=None, metadata={"help": "Tokenizer (or image processor) to use if not the model's own."}
     )
     gguf_file: str | None = field(
         default=None,
-        metadata={"help": "Name of a GGUF file inside --model_name_or_path; transformers dequantizes it to float32 on load."},
+        metadata={
+            "help": "Name of a GGUF file inside --model_name_or_path; transformers dequantizes it to float32 on load."
+        },
     )
     cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models and datasets are cached."})
     model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of a hub model."})
@@ -34,7 +38,9 @@ class ModelArguments:
     )
     ignore_mismatched_sizes: bool = field(
         default=True,
-        metadata={"help": "Let a pre-trained head of another size (e.g. ImageNet's 1000 classes) be replaced by a new one."},
+        metadata={
+            "help": "Let a pre-trained head of another size (e.g. ImageNet's 1000 classes) be replaced by a new one."
+        },
     )
 
 
@@ -49,14 +55,18 @@ class DataArguments:
     )
     dataset_name: str | None = field(
         default=None,
-        metadata={"help": "Hub dataset to load with datasets.load_dataset (default per task: nyu-mll/glue, rajpurkar/squad, ...)."},
+        metadata={
+            "help": "Hub dataset to load with datasets.load_dataset (default per task: nyu-mll/glue, rajpurkar/squad, ...)."
+        },
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of --dataset_name."})
     train_file: str | None = field(
         default=None,
         metadata={"help": "Local training file: csv, tsv, json/jsonl or parquet (squad: a SQuAD v1.1 JSON file)."},
     )
-    validation_file: str | None = field(default=None, metadata={"help": "Local validation file, same format as --train_file."})
+    validation_file: str | None = field(
+        default=None, metadata={"help": "Local validation file, same format as --train_file."}
+    )
     test_file: str | None = field(
         default=None, metadata={"help": "Local test file with labels, held apart: reported as test_<metric>."}
     )
@@ -81,7 +91,9 @@ class DataArguments:
     max_seq_length: int = field(default=128, metadata={"help": "Longest tokenized input; longer ones are truncated."})
     doc_stride: int | None = field(
         default=None,
-        metadata={"help": "SQuAD: overlap in tokens between chunks of a long context (default: a third of --max_seq_length, as run_qa.py's 128 of 384)."},
+        metadata={
+            "help": "SQuAD: overlap in tokens between chunks of a long context (default: a third of --max_seq_length, as run_qa.py's 128 of 384)."
+        },
     )
     n_best_size: int = field(default=20, metadata={"help": "SQuAD: start and end candidates kept per feature."})
     max_answer_length: int = field(default=30, metadata={"help": "SQuAD: longest answer in tokens."})
@@ -98,11 +110,17 @@ class DataArguments:
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Keep a seeded random subset of this many training examples."}
     )
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep a seeded random subset of this many validation examples."})
-    max_test_samples: int | None = field(default=None, metadata={"help": "Keep a seeded random subset of this many test examples."})
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Keep a seeded random subset of this many validation examples."}
+    )
+    max_test_samples: int | None = field(
+        default=None, metadata={"help": "Keep a seeded random subset of this many test examples."}
+    )
     train_eval_samples: int = field(
         default=1000,
-        metadata={"help": "Size of the fixed train subset evaluated each epoch for the train metric (0: the whole train split)."},
+        metadata={
+            "help": "Size of the fixed train subset evaluated each epoch for the train metric (0: the whole train split)."
+        },
     )
     cache_features: bool = field(
         default=True,

@@ -164,6 +164,7 @@ class Task:
 
 # -- labels of classification tasks ------------------------------------------------------------------
 
+
 def encode_label_column(splits: dict, column: str, label_list: list, aliases: dict | None = None) -> dict:
     """Replace `column` by an int `labels` column (ClassLabel) after checking every value is in the label set.
 
@@ -179,7 +180,9 @@ def encode_label_column(splits: dict, column: str, label_list: list, aliases: di
     out = {}
     for split, ds in splits.items():
         if column not in ds.column_names:
-            raise DataError(f"the {split} split has no label column {column!r} (it has {', '.join(ds.column_names)}): pass --label_column")
+            raise DataError(
+                f"the {split} split has no label column {column!r} (it has {', '.join(ds.column_names)}): pass --label_column"
+            )
         values = ds[column]
         ids = []
         for row, v in enumerate(values):

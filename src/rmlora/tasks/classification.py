@@ -52,7 +52,9 @@ class SequenceClassificationTask(Task):
                 if v is None or np.isnan(float(v)):
                     raise ValueError
             except (TypeError, ValueError):
-                raise DataError(f"label {v!r} in row {row} of the {split} split is not a number: a regression task needs numeric scores") from None
+                raise DataError(
+                    f"label {v!r} in row {row} of the {split} split is not a number: a regression task needs numeric scores"
+                ) from None
         ds = ds.remove_columns([c for c in (self.label_column, "labels") if c in ds.column_names])
         return ds.add_column("labels", [float(v) for v in values])
 
@@ -73,10 +75,15 @@ class SequenceClassificationTask(Task):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         kwargs = self.from_pretrained_kwargs()
-        tokenizer = AutoTokenizer.from_pretrained(self.model_args.tokenizer_name or self.model_args.model_name_or_path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(
+            self.model_args.tokenizer_name or self.model_args.model_name_or_path, **kwargs
+        )
         labels = {}
         if not self.is_regression:
-            labels = {"id2label": dict(enumerate(self.label_list)), "label2id": {n: i for i, n in enumerate(self.label_list)}}
+            labels = {
+                "id2label": dict(enumerate(self.label_list)),
+                "label2id": {n: i for i, n in enumerate(self.label_list)},
+            }
         model = AutoModelForSequenceClassification.from_pretrained(
             self.model_args.model_name_or_path,
             num_labels=self.num_labels,
@@ -103,7 +110,12 @@ class SequenceClassificationTask(Task):
             return tokenizer(first, second, truncation=True, max_length=max_length)
 
         keep = {"labels"}
-        return ds.map(tokenize, batched=True, remove_columns=[c for c in ds.column_names if c not in keep], desc=f"tokenizing {split}")
+        return ds.map(
+            tokenize,
+            batched=True,
+            remove_columns=[c for c in ds.column_names if c not in keep],
+            desc=f"tokenizing {split}",
+        )
 
     # -- metrics ---------------------------------------------------------------------------------------
     def predictions(self, logits) -> np.ndarray:

@@ -59,7 +59,9 @@ def load_file(path: str, what: str = "train file", encoding: str = "utf-8"):
     except Exception as e:  # datasets wraps pandas/arrow parse errors in its own types
         cause = e.__cause__ or e
         first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        raise DataError(f"cannot read {what} {path!r} as {builder}: {first}; check its format and --file_encoding") from None
+        raise DataError(
+            f"cannot read {what} {path!r} as {builder}: {first}; check its format and --file_encoding"
+        ) from None
     if len(ds) == 0:
         raise DataError(f"{what} {path!r} has no rows: pass a file with at least one example")
     return ds

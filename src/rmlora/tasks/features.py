@@ -74,7 +74,9 @@ def single_linear_head(model: nn.Module) -> str | None:
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, head_name: str, dataset, collator, batch_size: int, device) -> dict[str, torch.Tensor]:
+def extract_features(
+    model: nn.Module, head_name: str, dataset, collator, batch_size: int, device
+) -> dict[str, torch.Tensor]:
     """{"features": N x d_in of the head's inputs, "labels": N} over `dataset`, in order."""
     from torch.utils.data import DataLoader
 

@@ -28,13 +28,25 @@ logger = logging.getLogger(__name__)
 
 HUB_DATASETS = {"cifar100": "uoft-cs/cifar100", "food101": "ethz/food101"}
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_MNIST_LABELS = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 IDX_FILES = {"train": "train", "test": "t10k"}
 _IMAGE_COLUMNS = ("image", "img")
 _LABEL_COLUMNS = ("label", "labels", "fine_label")
 
 
 # -- Fashion-MNIST IDX ------------------------------------------------------------------------------------
+
 
 def read_idx(path: str) -> np.ndarray:
     """An IDX(.gz) file as a uint8 array: N x rows x cols (magic 2051) or N (magic 2049)."""
@@ -59,7 +71,9 @@ def read_idx(path: str) -> np.ndarray:
         raise DataError(f"{path!r} is not an IDX image or label file (magic {magic}, expected 2051 or 2049)")
     expected = int(np.prod(shape))
     if len(data) - offset != expected:
-        raise DataError(f"IDX file {path!r} holds {len(data) - offset} bytes of data, its header says {expected}: the file is damaged")
+        raise DataError(
+            f"IDX file {path!r} holds {len(data) - offset} bytes of data, its header says {expected}: the file is damaged"
+        )
     return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(shape)
 
 
@@ -79,8 +93,12 @@ def load_idx_folder(folder: str, label_names: list[str] | None = None) -> dict:
             continue
         images, labels = read_idx(images_path), read_idx(labels_path)
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise DataError(f"{images_path} and {labels_path} do not match ({images.shape} images, {labels.shape} labels)")
-        names = label_names or (FASHION_MNIST_LABELS if labels.max() < 10 else [str(i) for i in range(int(labels.max()) + 1)])
+            raise DataError(
+                f"{images_path} and {labels_path} do not match ({images.shape} images, {labels.shape} labels)"
+            )
+        names = label_names or (
+            FASHION_MNIST_LABELS if labels.max() < 10 else [str(i) for i in range(int(labels.max()) + 1)]
+        )
         features = Features({"image": Array2D(images.shape[1:], "uint8"), "label": ClassLabel(names=names)})
         splits[split] = Dataset.from_dict({"image": images, "label": labels.astype(np.int64)}, features=features)
     return splits
@@ -96,6 +114,7 @@ def to_rgb(image):
 
 
 # -- the task ------------------------------------------------------------------------------------------
+
 
 class ImageClassificationTask(Task):
     family = "image-classification"
@@ -135,12 +154,16 @@ class ImageClassificationTask(Task):
         from datasets import load_dataset
 
         if not os.path.isdir(os.path.join(folder, "train")):
-            raise DataError(f"{folder!r} has no train/ folder: an imagefolder holds train/<class>/<image> (and validation/, test/)")
+            raise DataError(
+                f"{folder!r} has no train/ folder: an imagefolder holds train/<class>/<image> (and validation/, test/)"
+            )
         try:
             ds = load_dataset("imagefolder", data_dir=os.path.abspath(folder))
         except Exception as e:
             cause = e.__cause__ or e
-            raise DataError(f"cannot read imagefolder {folder!r}: {str(cause).splitlines()[0] if str(cause) else type(cause).__name__}") from None
+            raise DataError(
+                f"cannot read imagefolder {folder!r}: {str(cause).splitlines()[0] if str(cause) else type(cause).__name__}"
+            ) from None
         return {k: ds[k] for k in ("train", "validation", "test") if k in ds}
 
     def _encode_labels(self, splits: dict) -> dict:
@@ -153,11 +176,15 @@ class ImageClassificationTask(Task):
         for split, ds in splits.items():
             for col, flag in ((image_col, "--image_column"), (label_col, "--label_column")):
                 if col is None or col not in ds.column_names:
-                    raise DataError(f"the {split} split has no {flag[2:]} {col!r} (it has {', '.join(ds.column_names)}): pass {flag}")
+                    raise DataError(
+                        f"the {split} split has no {flag[2:]} {col!r} (it has {', '.join(ds.column_names)}): pass {flag}"
+                    )
             feature = ds.features[label_col]
             if split == "train":
                 if not isinstance(feature, ClassLabel):
-                    raise DataError(f"the label column {label_col!r} is not a class label: image tasks need a ClassLabel column")
+                    raise DataError(
+                        f"the label column {label_col!r} is not a class label: image tasks need a ClassLabel column"
+                    )
                 self.label_list = list(feature.names)
             labels = np.asarray(ds[label_col])
             bad = np.flatnonzero((labels < 0) | (labels >= len(self.label_list)))
@@ -182,7 +209,9 @@ class ImageClassificationTask(Task):
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
         kwargs = self.from_pretrained_kwargs()
-        processor = AutoImageProcessor.from_pretrained(self.model_args.tokenizer_name or self.model_args.model_name_or_path, **kwargs)
+        processor = AutoImageProcessor.from_pretrained(
+            self.model_args.tokenizer_name or self.model_args.model_name_or_path, **kwargs
+        )
         side = self.data_args.image_size
         if side:
             if "shortest_edge" in (processor.size or {}):
@@ -273,11 +302,15 @@ class ImageClassificationTask(Task):
         tensors, hit = cached(
             cache_dir,
             key,
-            lambda: extract_features(self._backbone, self.feature_head, pixels, self._collate, self.batch_size, self.device),
+            lambda: extract_features(
+                self._backbone, self.feature_head, pixels, self._collate, self.batch_size, self.device
+            ),
         )
         self.feature_cache_hits[split] = hit
         logger.info("features of %s: %s (%s)", split, "cache hit" if hit else "computed", os.path.join(cache_dir, key))
-        return Dataset.from_dict({"features": tensors["features"].numpy(), "labels": tensors["labels"].numpy()}).with_format("torch")
+        return Dataset.from_dict(
+            {"features": tensors["features"].numpy(), "labels": tensors["labels"].numpy()}
+        ).with_format("torch")
 
     def compute_metrics(self, eval_pred) -> dict:
         from rmlora.tasks.metrics import accuracy

@@ -65,6 +65,7 @@ def glue_metrics(task: str, predictions, labels) -> dict[str, float]:
 
 # -- SQuAD v1.1 (official evaluate-v1.1.py) -------------------------------------------------------------
 
+
 def normalize_answer(s: str) -> str:
     """Lower text and remove punctuation, articles and extra whitespace (the official script's order)."""
 

@@ -30,7 +30,9 @@ def linear_modules(model: nn.Module) -> list[str]:
 def head_modules(model: nn.Module) -> list[str]:
     prefix = getattr(model, "base_model_prefix", "")
     if not prefix or not hasattr(model, prefix):
-        raise ConfigError(f"{type(model).__name__} has no separate backbone: pass --target_modules instead of --lora_placement")
+        raise ConfigError(
+            f"{type(model).__name__} has no separate backbone: pass --target_modules instead of --lora_placement"
+        )
     return [n for n in linear_modules(model) if n != prefix and not n.startswith(prefix + ".")]
 
 
@@ -52,7 +54,9 @@ def placement_modules(model: nn.Module, placement: str) -> tuple[list[str], list
     else:
         raise ConfigError(f"unknown --lora_placement {placement!r}: choose head, attention or all")
     if not targets:
-        raise ConfigError(f"--lora_placement {placement} finds no linear layer in {type(model).__name__}: pass --target_modules")
+        raise ConfigError(
+            f"--lora_placement {placement} finds no linear layer in {type(model).__name__}: pass --target_modules"
+        )
     return targets, save
 
 

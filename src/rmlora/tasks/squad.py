@@ -39,7 +39,7 @@ def read_squad_json(path: str, what: str = "train file"):
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{what} {path!r} is not valid JSON ({e}): pass a SQuAD v1.1 file") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
-        raise DataError(f"{what} {path!r} is not in the SQuAD v1.1 format: expected {{\"data\": [articles]}}")
+        raise DataError(f'{what} {path!r} is not in the SQuAD v1.1 format: expected {{"data": [articles]}}')
     rows = {"id": [], "title": [], "context": [], "question": [], "answers": []}
     try:
         for article in doc["data"]:
@@ -52,14 +52,17 @@ def read_squad_json(path: str, what: str = "train file"):
                         if context[start : start + len(text)] != text:
                             raise DataError(
                                 f"in {path}, question {qa['id']}: the answer {text!r} is not the context's text at "
-                                f"answer_start={start} (found {context[start:start + len(text)]!r}): fix answer_start"
+                                f"answer_start={start} (found {context[start : start + len(text)]!r}): fix answer_start"
                             )
                     rows["id"].append(str(qa["id"]))
                     rows["title"].append(article.get("title", ""))
                     rows["context"].append(context)
                     rows["question"].append(qa["question"])
                     rows["answers"].append(
-                        {"text": [a["text"] for a in answers], "answer_start": [int(a["answer_start"]) for a in answers]}
+                        {
+                            "text": [a["text"] for a in answers],
+                            "answer_start": [int(a["answer_start"]) for a in answers],
+                        }
                     )
     except (KeyError, TypeError) as e:
         raise DataError(f"{what} {path!r} is not in the SQuAD v1.1 format: missing or malformed field {e}") from None
@@ -70,7 +73,9 @@ def read_squad_json(path: str, what: str = "train file"):
     return Dataset.from_dict(rows)
 
 
-def postprocess_predictions(examples, features, start_logits, end_logits, n_best_size: int = 20, max_answer_length: int = 30) -> dict[str, str]:
+def postprocess_predictions(
+    examples, features, start_logits, end_logits, n_best_size: int = 20, max_answer_length: int = 30
+) -> dict[str, str]:
     """Question id -> predicted answer text: the best valid span over all features of each example."""
     by_example = defaultdict(list)
     for i, example_id in enumerate(features["example_id"]):
@@ -125,7 +130,9 @@ class QuestionAnsweringTask(Task):
         try:
             hub = load_dataset(name, d.dataset_config_name, cache_dir=self.model_args.cache_dir)
         except Exception as e:
-            raise DataError(f"cannot load {name!r} ({type(e).__name__}): without internet pass --train_file and --validation_file (SQuAD v1.1 JSON)") from None
+            raise DataError(
+                f"cannot load {name!r} ({type(e).__name__}): without internet pass --train_file and --validation_file (SQuAD v1.1 JSON)"
+            ) from None
         return {k: hub[k] for k in ("train", "validation", "test") if k in hub}
 
     @property
@@ -139,9 +146,13 @@ class QuestionAnsweringTask(Task):
         from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
         kwargs = self.from_pretrained_kwargs()
-        tokenizer = AutoTokenizer.from_pretrained(self.model_args.tokenizer_name or self.model_args.model_name_or_path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(
+            self.model_args.tokenizer_name or self.model_args.model_name_or_path, **kwargs
+        )
         if not getattr(tokenizer, "is_fast", False):
-            raise ConfigError("SQuAD needs a fast tokenizer (offset mappings): pass a model or --tokenizer_name with tokenizer.json")
+            raise ConfigError(
+                "SQuAD needs a fast tokenizer (offset mappings): pass a model or --tokenizer_name with tokenizer.json"
+            )
         model = AutoModelForQuestionAnswering.from_pretrained(self.model_args.model_name_or_path, **kwargs)
         ensure_pad_token(tokenizer, model)
         self.processing_class = tokenizer
@@ -166,7 +177,9 @@ class QuestionAnsweringTask(Task):
                 padding="max_length",
             )
         except Exception as e:  # the tokenizer refuses a stride too large for question + context budget
-            raise DataError(f"cannot cut contexts into features ({e}): lower --doc_stride or raise --max_seq_length") from None
+            raise DataError(
+                f"cannot cut contexts into features ({e}): lower --doc_stride or raise --max_seq_length"
+            ) from None
         sample_map = enc.pop("overflow_to_sample_mapping")
         offsets_all = enc.pop("offset_mapping")
         enc["start_positions"], enc["end_positions"] = [], []
@@ -197,7 +210,9 @@ class QuestionAnsweringTask(Task):
             enc["end_positions"].append(end_pos)
             if keep_offsets:
                 enc["example_id"].append(examples["id"][sample])
-                enc["offset_mapping"].append([o if seq_ids[k] == context_index else None for k, o in enumerate(offsets)])
+                enc["offset_mapping"].append(
+                    [o if seq_ids[k] == context_index else None for k, o in enumerate(offsets)]
+                )
         return enc
 
     def _prepare(self, ds, split: str):

@@ -26,6 +26,8 @@ class TextClassificationTask(SequenceClassificationTask):
             try:
                 hub = load_dataset(d.dataset_name, d.dataset_config_name, cache_dir=self.model_args.cache_dir)
             except Exception as e:
-                raise DataError(f"cannot load dataset {d.dataset_name!r} ({type(e).__name__}): pass --train_file instead") from None
+                raise DataError(
+                    f"cannot load dataset {d.dataset_name!r} ({type(e).__name__}): pass --train_file instead"
+                ) from None
             return {k: hub[k] for k in ("train", "validation", "test") if k in hub}
         raise DataError("the text task needs --train_file (csv, tsv, json or parquet) or --dataset_name")

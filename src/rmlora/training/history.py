@@ -62,7 +62,13 @@ class HistoryCallback(TrainerCallback):
     may be collective); only the main process writes.
     """
 
-    def __init__(self, path: str, evaluate: Callable[[], dict], primary_metric: str, diagnose: Callable[[], dict | None] | None = None):
+    def __init__(
+        self,
+        path: str,
+        evaluate: Callable[[], dict],
+        primary_metric: str,
+        diagnose: Callable[[], dict | None] | None = None,
+    ):
         self.path, self.evaluate, self.primary_metric, self.diagnose = path, evaluate, primary_metric, diagnose
         self.records: list[dict] = []
         self._pending: dict | None = None
@@ -75,7 +81,11 @@ class HistoryCallback(TrainerCallback):
         self._start = time.time()
         self._last_logged_step = state.global_step
         if state.is_world_process_zero:
-            kept = [r for r in read_history(self.path) if r.get("step", 0) <= state.global_step] if state.global_step else []
+            kept = (
+                [r for r in read_history(self.path) if r.get("step", 0) <= state.global_step]
+                if state.global_step
+                else []
+            )
             atomic.write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
             self.records = kept
 

@@ -94,7 +94,9 @@ class RMLoraTrainer(Trainer):
         return bool(self.rmlora.config.uses_penalty if uses is None else uses)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        result = super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
         if not (model.training and torch.is_grad_enabled() and self._uses_penalty()):
             return result
         loss, outputs = result if return_outputs else (result, None)

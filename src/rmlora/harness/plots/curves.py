@@ -49,7 +49,9 @@ def _series(runs: Sequence[Sequence[dict]], key: str) -> tuple[np.ndarray, np.nd
     return epochs, means, stds
 
 
-def plot_curves(histories: dict, path_without_ext: str, metric: str | None = None, title: str | None = None) -> list[str]:
+def plot_curves(
+    histories: dict, path_without_ext: str, metric: str | None = None, title: str | None = None
+) -> list[str]:
     """Draw the four panels for every label of `histories` and write PNG and SVG; returns the paths."""
     import matplotlib
 
@@ -70,7 +72,9 @@ def plot_curves(histories: dict, path_without_ext: str, metric: str | None = Non
     ]
     # matplotlib's default cycle repeats after 10 colours: a 13-line grid (5 methods x 3 ranks) would draw two
     # labels alike, so larger figures take tab20's 20 colours
-    palette = plt.get_cmap("tab20").colors if len(runs_by_label) > 10 else plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    palette = (
+        plt.get_cmap("tab20").colors if len(runs_by_label) > 10 else plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    )
     colors = {name: palette[i % len(palette)] for i, name in enumerate(runs_by_label)}
     fig, axes = plt.subplots(1, 4, figsize=(18, 4.2))
     for ax, (key, label, ylabel) in zip(axes, panels):

@@ -25,7 +25,9 @@ FORMATS = ("png", "svg")
 
 def run_spectrum(diagnostics: dict) -> np.ndarray:
     """σ_i of ΔW averaged over the modules of one run's diagnostics.json (length: the longest module)."""
-    rows = [sorted((float(s) for s in m.get("singular_values") or []), reverse=True) for m in diagnostics.get("modules", [])]
+    rows = [
+        sorted((float(s) for s in m.get("singular_values") or []), reverse=True) for m in diagnostics.get("modules", [])
+    ]
     rows = [r for r in rows if r]
     if not rows:
         return np.zeros(0)
@@ -105,7 +107,9 @@ def spectra_figure(runs: Sequence[tuple[str, int | None, dict]], labels: dict[st
     return fig
 
 
-def plot_spectra(runs: Sequence[tuple[str, int | None, dict]], path_without_ext: str, labels: dict[str, str] | None = None) -> list[str]:
+def plot_spectra(
+    runs: Sequence[tuple[str, int | None, dict]], path_without_ext: str, labels: dict[str, str] | None = None
+) -> list[str]:
     """Write spectra_figure(runs) as .png and .svg; returns the files written ([] if no run has a spectrum)."""
     fig = spectra_figure(runs, labels)
     return [] if fig is None else save_figure(fig, path_without_ext)
