@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from conftest import tiny_bert, token_batch
+from helpers import tiny_bert, token_batch
 from rmlora import ConfigError, RMLoraConfig, RMLoraTrainer
 from rmlora.methods.adalora import AdaLoraArguments, AdaLoraMethod
 from rmlora.methods.base import LoraArguments, prepare_model

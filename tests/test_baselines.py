@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from conftest import tiny_bert, token_batch
+from helpers import tiny_bert, token_batch
 from rmlora import RMLoraConfig, RMLoraTrainer
 from rmlora.config import METHODS
 from rmlora.methods.adalora import AdaLoraArguments

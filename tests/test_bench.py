@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 
-from conftest import peft_bert, tiny_gpt2, token_batch
+from helpers import peft_bert, tiny_gpt2, token_batch
 from rmlora import RMLora, RMLoraConfig
 from rmlora.bench.benchmark import (
     ANCHOR,

@@ -437,7 +437,7 @@ def test_tiny_end_to_end_grid(tmp_path, monkeypatch, closed_figures):
     """2 methods × 1 rank × 2 seeds of `rmlora train` on a tiny BERT, then the report; a rerun trains nothing."""
     import time
 
-    from fixtures.tiny_models import save_text_model, tmp_env
+    from helpers import save_text_model, tmp_env
 
     tmp_env(monkeypatch, tmp_path)
     model = save_text_model(str(tmp_path / "tiny-bert"))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import peft_bert, tiny_bert, tiny_gpt2
+from helpers import peft_bert, tiny_bert, tiny_gpt2
 from rmlora import AdapterError, diagnose, diagnose_adapter, diagnose_model
 from rmlora.cli.main import main as cli
 
@@ -39,7 +39,7 @@ def test_matches_dense_svd(kind):
     else:
         from peft import LoraConfig, get_peft_model
 
-        from conftest import randomize_lora_b
+        from helpers import randomize_lora_b
 
         model = get_peft_model(tiny_gpt2(), LoraConfig(r=4, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True))
         randomize_lora_b(model)
@@ -128,7 +128,7 @@ def test_bad_adapter_dirs(tmp_path, capsys):
 
 def test_sora_gated_model_diagnostics_fold_the_gate(tmp_path):
     """A live SoRA model's ΔW is scaling·B·diag(g)·A: it must equal the exported (folded, pruned) adapter's."""
-    from conftest import randomize_lora_b
+    from helpers import randomize_lora_b
     from rmlora import RMLoraConfig
     from rmlora.methods.base import LoraArguments, build_training_method, prepare_model
     from rmlora.methods.sora import SoraArguments

@@ -5,7 +5,7 @@ import sys
 
 import torch
 
-from conftest import peft_bert
+from helpers import peft_bert, subprocess_env
 from rmlora import RMLora, RMLoraConfig
 
 
@@ -35,12 +35,12 @@ def test_deterministic_across_fresh_objects_and_models():
 def test_same_in_another_process():
     """A fresh interpreter (another DDP rank, a resumed run) draws the same directions."""
     code = (
-        "import sys; sys.path.insert(0, 'tests'); from conftest import peft_bert; "
+        "from helpers import peft_bert; "
         "from rmlora import RMLora, RMLoraConfig; "
         "d = RMLora(peft_bert(r=8), RMLoraConfig(method='gm-lora', r_hat=3, seed=4)).directions(17); "
         "print({k: v[0].tolist() for k, v in d.items()})"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=subprocess_env()).stdout.strip()
     here = RMLora(peft_bert(r=8), RMLoraConfig(method="gm-lora", r_hat=3, seed=4)).directions(17)
     assert out == str({k: v[0].tolist() for k, v in here.items()})
 

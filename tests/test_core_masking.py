@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import peft_bert, token_batch
+from helpers import peft_bert, token_batch
 from rmlora import RMLora, RMLoraConfig
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import peft_bert, tiny_gpt2
+from helpers import peft_bert, tiny_gpt2
 from rmlora import RMLora, RMLoraConfig, find_lora_pairs
 
 

@@ -7,7 +7,7 @@ import torch
 from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
-from conftest import image_batch, peft_bert, tiny_bert, tiny_gpt2, tiny_llama, tiny_vit, token_batch
+from helpers import image_batch, peft_bert, tiny_bert, tiny_gpt2, tiny_llama, tiny_vit, token_batch
 from rmlora import ConfigError, RMLoraCallback, RMLoraConfig, RMLoraTrainer
 
 

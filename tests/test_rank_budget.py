@@ -11,7 +11,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from conftest import tiny_bert, tiny_gpt2
+from helpers import tiny_bert, tiny_gpt2
 from rmlora.analysis.rank_budget import (
     bound_term,
     discrepancy_singular_values,

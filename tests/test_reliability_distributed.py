@@ -9,9 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import subprocess_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "scripts", "train_tiny.py")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONHASHSEED": "0"}
+ENV = subprocess_env(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONHASHSEED="0")
 
 
 def run(args, torchrun=False, check=True):
@@ -38,7 +40,7 @@ def test_ddp_replicas_bitwise_identical(tmp_path, mask_mode):
     d1 = json.loads((tmp_path / "rank1_directions.json").read_text())
     assert d0 == d1 and sorted(map(int, d0)) == [0, 1, 2, 3, 4]
     # the run really trained: LoRA weights differ from their initialization
-    from conftest import peft_bert
+    from helpers import peft_bert
 
     start = {n: p for n, p in peft_bert(r=8, seed=0).named_parameters() if "lora_A" in n}
     assert any(not torch.equal(w0[n], start[n].detach()) for n in start)

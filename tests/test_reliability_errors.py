@@ -5,7 +5,7 @@ import torch
 from datasets import Dataset
 from transformers import TrainingArguments
 
-from conftest import peft_bert, tiny_bert, tiny_gpt2, token_batch
+from helpers import peft_bert, tiny_bert, tiny_gpt2, token_batch
 from rmlora import AdapterError, ConfigError, NoLoraPairsError, RMLora, RMLoraConfig, RMLoraTrainer, load_adapter
 from rmlora.errors import NonFiniteLossError, RMLoraError
 from rmlora.methods.base import LoraArguments, prepare_model

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_bert, tiny_gpt2, token_batch
+from helpers import tiny_bert, tiny_gpt2, token_batch
 from rmlora import ConfigError, RMLoraConfig, RMLoraTrainer
 from rmlora.methods.base import LoraArguments, prepare_model
 from rmlora.methods.sora import SoraArguments, SoraMethod, soft_threshold, xi_at

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from fixtures.tiny_models import FIXTURES, read_jsonl, run_train, save_text_model, tmp_env
+from helpers import FIXTURES, read_jsonl, run_train, save_text_model, tmp_env
 from rmlora.cli.main import main
 
 GLUE = os.path.join(FIXTURES, "glue")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fixtures.tiny_models import FIXTURES, read_jsonl, run_train, save_vit, tmp_env
+from helpers import FIXTURES, read_jsonl, run_train, save_vit, tmp_env
 from rmlora.errors import DataError
 from rmlora.tasks.image import read_idx
 

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from fixtures.tiny_models import FIXTURES, read_jsonl, run_train, save_text_model, tmp_env
+from helpers import FIXTURES, read_jsonl, run_train, save_text_model, tmp_env
 from rmlora.errors import DataError
 from rmlora.tasks.squad import postprocess_predictions, read_squad_json
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from fixtures.tiny_models import FIXTURES, read_jsonl, run_train, save_text_model, tmp_env
+from helpers import FIXTURES, read_jsonl, run_train, save_text_model, tmp_env
 from rmlora.cli.main import main
 
 TWEETS = os.path.join(FIXTURES, "text", "tweets.csv")

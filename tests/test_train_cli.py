@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from fixtures.tiny_models import FIXTURES, read_jsonl, run_train, save_text_model, tmp_env
+from helpers import FIXTURES, read_jsonl, run_train, save_text_model, tmp_env
 from rmlora.cli import demo
 from rmlora.cli.main import main
 from rmlora.cli.train import num_training_steps, parse_args, rmlora_config
@@ -345,7 +345,7 @@ def test_baselines_train_through_the_cli_with_their_own_flags(method, tmp_path, 
 
 
 def test_placements_find_the_head_and_peft_defaults_that_exist():
-    from conftest import tiny_bert, tiny_gpt2, tiny_vit
+    from helpers import tiny_bert, tiny_gpt2, tiny_vit
     from rmlora.tasks.placement import has_peft_default, placement_modules
 
     bert, gpt2, vit = tiny_bert(), tiny_gpt2(), tiny_vit()

@@ -1,4 +1,5 @@
-"""Train a tiny BERT with RMLoraTrainer; used by the DDP and resume tests as a separate process.
+"""Train a tiny BERT with RMLoraTrainer; used by the DDP and resume tests as a separate process (with
+helpers.subprocess_env(), which puts tests/ on PYTHONPATH).
 
     python tests/scripts/train_tiny.py --out DIR [--method rm-lora] [--mask_mode strict] [--max_steps 6]
         [--save_steps 2] [--kill_at STEP] [--resume CHECKPOINT]
@@ -13,19 +14,15 @@ import argparse
 import json
 import os
 import signal
-import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))  # tests/ for conftest's tiny models
+import torch
+from datasets import Dataset
+from safetensors.torch import save_file
+from transformers import TrainerCallback, TrainingArguments
 
-import torch  # noqa: E402
-from datasets import Dataset  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
-from transformers import TrainerCallback, TrainingArguments  # noqa: E402
-
-from conftest import peft_bert, token_batch  # noqa: E402
-from rmlora import RMLoraConfig, RMLoraTrainer  # noqa: E402
-from rmlora.methods.base import LoraArguments, prepare_model  # noqa: E402
+from helpers import peft_bert, token_batch
+from rmlora import RMLoraConfig, RMLoraTrainer
+from rmlora.methods.base import LoraArguments, prepare_model
 
 
 class KillAt(TrainerCallback):
@@ -54,7 +51,7 @@ def main():
         model = peft_bert(r=8, seed=0)
         settings = {}
     else:
-        from conftest import tiny_bert
+        from helpers import tiny_bert
 
         total = a.max_steps
         settings = {"total_steps": total, "learning_rate": 1e-2}
