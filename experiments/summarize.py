@@ -50,13 +50,14 @@ def get(r, k):
 
 
 print(
-    "| Method | R | seeds | test acc | test loss | train acc | gen. error (train − test) | rank ΔW | orth. loss ΔW | eff. rank ΔW | σ₁ ΔW (median over modules) | wall s/run |"
+    "| Method | R | seeds | test acc | test loss | train acc | gen. error (train − test) | rank ΔW | orth. loss ΔW "
+    "| eff. rank ΔW | σ₁ ΔW (median over modules) | wall s/run |"
 )
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for key in keys:
     rs = list(groups[key].values())
 
-    def col(k, fmt="{:.3f}"):
+    def col(k, fmt="{:.3f}", rs=rs):
         return ms([get(r, k) for r in rs], fmt)
 
     print(
@@ -81,8 +82,8 @@ for key in keys:
     base = groups[("lora", R)]
     seeds = sorted(set(groups[key]) & set(base))
 
-    def diff(k):
-        return [100 * (get(groups[key][s], k) - get(base[s], k)) for s in seeds]
+    def diff(k, runs=groups[key], base=base, seeds=seeds):
+        return [100 * (get(runs[s], k) - get(base[s], k)) for s in seeds]
 
     d, dg = diff("test_accuracy"), diff("test_generalization_error")
     sl = [100 * get(base[s], "test_accuracy") for s in base]

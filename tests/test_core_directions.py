@@ -40,7 +40,10 @@ def test_same_in_another_process():
         "d = RMLora(peft_bert(r=8), RMLoraConfig(method='gm-lora', r_hat=3, seed=4)).directions(17); "
         "print({k: v[0].tolist() for k, v in d.items()})"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=subprocess_env()).stdout.strip()
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=subprocess_env()
+    )
+    out = proc.stdout.strip()
     here = RMLora(peft_bert(r=8), RMLoraConfig(method="gm-lora", r_hat=3, seed=4)).directions(17)
     assert out == str({k: v[0].tolist() for k, v in here.items()})
 

@@ -89,8 +89,8 @@ def test_strict_mode_leaves_unselected_weights_and_adam_moments_bitwise_unchange
             a_idx, b_idx = dirs[module_of(n)]
             keep = torch.zeros(8, dtype=torch.bool)
             keep[a_idx if "lora_A" in n else b_idx] = True
-            sel = (lambda t: t[keep]) if "lora_A" in n else (lambda t: t[:, keep])
-            uns = (lambda t: t[~keep]) if "lora_A" in n else (lambda t: t[:, ~keep])
+            sel = (lambda t, k=keep: t[k]) if "lora_A" in n else (lambda t, k=keep: t[:, k])
+            uns = (lambda t, k=keep: t[~k]) if "lora_A" in n else (lambda t, k=keep: t[:, ~k])
             assert torch.equal(uns(p.detach()), uns(w0[n])), f"{n} unselected weights moved at step {step}"
             for key in ("exp_avg", "exp_avg_sq"):
                 now = opt.state[p][key]

@@ -11,7 +11,10 @@ HELP = "rank, orthogonality loss and spectrum of ΔW per module of a saved LoRA 
 
 
 def format_table(diag) -> str:
-    header = f"{'module':<60} {'d_out x d_in':>13} {'R':>4} {'rank':>5} {'orth loss':>11} {'eff rank':>9} {'stable':>7} {'σ_max':>9}"
+    header = (
+        f"{'module':<60} {'d_out x d_in':>13} {'R':>4} {'rank':>5} {'orth loss':>11} {'eff rank':>9} {'stable':>7} "
+        f"{'σ_max':>9}"
+    )
     lines = [header, "-" * len(header)]
     for m in diag.modules:
         name = m.module if len(m.module) <= 60 else "…" + m.module[-59:]
