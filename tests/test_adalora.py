@@ -10,8 +10,8 @@ import torch
 
 from helpers import tiny_bert, token_batch
 from rmlora import ConfigError, RMLoraConfig, RMLoraTrainer
+from rmlora.methods import LoraArguments, prepare_model
 from rmlora.methods.adalora import AdaLoraArguments, AdaLoraMethod
-from rmlora.methods.base import LoraArguments, prepare_model
 
 ADALORA = RMLoraConfig(method="adalora")
 LORA = LoraArguments(lora_alpha=8, target_modules="query,value", modules_to_save="classifier")

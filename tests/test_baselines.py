@@ -11,8 +11,8 @@ import torch
 from helpers import tiny_bert, token_batch
 from rmlora import RMLoraConfig, RMLoraTrainer
 from rmlora.config import METHODS
+from rmlora.methods import LoraArguments, build_training_method, prepare_model
 from rmlora.methods.adalora import AdaLoraArguments
-from rmlora.methods.base import LoraArguments, build_training_method, prepare_model
 from rmlora.methods.param_counts import format_count, format_param_counts
 from rmlora.methods.sora import SoraArguments
 

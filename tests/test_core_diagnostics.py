@@ -130,7 +130,7 @@ def test_sora_gated_model_diagnostics_fold_the_gate(tmp_path):
     """A live SoRA model's ΔW is scaling·B·diag(g)·A: it must equal the exported (folded, pruned) adapter's."""
     from helpers import randomize_lora_b
     from rmlora import RMLoraConfig
-    from rmlora.methods.base import LoraArguments, build_training_method, prepare_model
+    from rmlora.methods import LoraArguments, build_training_method, prepare_model
     from rmlora.methods.sora import SoraArguments
 
     cfg = RMLoraConfig(method="sora")

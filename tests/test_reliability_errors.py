@@ -8,7 +8,7 @@ from transformers import TrainingArguments
 from helpers import peft_bert, tiny_bert, tiny_gpt2, token_batch
 from rmlora import AdapterError, ConfigError, NoLoraPairsError, RMLora, RMLoraConfig, RMLoraTrainer, load_adapter
 from rmlora.errors import NonFiniteLossError, RMLoraError
-from rmlora.methods.base import LoraArguments, prepare_model
+from rmlora.methods import LoraArguments, prepare_model
 
 
 def one_line(e):

@@ -12,7 +12,7 @@ import torch
 
 from helpers import tiny_bert, tiny_gpt2, token_batch
 from rmlora import ConfigError, RMLoraConfig, RMLoraTrainer
-from rmlora.methods.base import LoraArguments, prepare_model
+from rmlora.methods import LoraArguments, prepare_model
 from rmlora.methods.sora import SoraArguments, SoraMethod, soft_threshold, xi_at
 
 SORA = RMLoraConfig(method="sora")

@@ -3,9 +3,9 @@
 from rmlora.analysis.diagnostics import Diagnostics, diagnose, diagnose_adapter, diagnose_model
 from rmlora.config import RMLoraConfig
 from rmlora.core.pairs import LoraPair, find_lora_pairs
-from rmlora.core.rm_lora import RMLora
 from rmlora.errors import AdapterError, ConfigError, DataError, NoLoraPairsError, RMLoraError
 from rmlora.io.adapters import load_adapter, read_adapter, save_adapter
+from rmlora.methods.lora import LoraMethod as RMLora  # core.rm_lora.RMLora plus counts, export and state
 from rmlora.training.callback import RMLoraCallback
 from rmlora.training.trainer import RMLoraTrainer
 

@@ -22,7 +22,7 @@ from transformers import TrainerCallback, TrainingArguments
 
 from helpers import peft_bert, token_batch
 from rmlora import RMLoraConfig, RMLoraTrainer
-from rmlora.methods.base import LoraArguments, prepare_model
+from rmlora.methods import LoraArguments, prepare_model
 
 
 class KillAt(TrainerCallback):

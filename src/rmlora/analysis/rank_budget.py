@@ -483,7 +483,7 @@ def rank_budget(
 
 
 def _module_budget(module, W0, E, ranks, max_error, pairs_by_module, rtol) -> ModuleBudget:
-    from rmlora.analysis.diagnostics import FLOAT32_EPS
+    from rmlora.analysis.spectrum import FLOAT32_EPS
 
     sv = discrepancy_singular_values(E)
     d_out, d_in = E.shape
@@ -515,8 +515,7 @@ def _module_budget(module, W0, E, ranks, max_error, pairs_by_module, rtol) -> Mo
 
 def _adapter_pairs_on_base(adapter_dir: str, base_ckpt: CheckpointWeights, targets) -> dict:
     """{base module: (base weight key, adapter module, A, B, scaling)} for every LoRA pair, checked against the base."""
-    from rmlora.analysis.diagnostics import adapter_pairs
-    from rmlora.io.adapters import read_adapter
+    from rmlora.io.adapters import adapter_pairs, read_adapter
 
     config, tensors = read_adapter(adapter_dir)
     peft_type = str(config.get("peft_type", "LORA")).upper()
@@ -567,7 +566,7 @@ def _adapter_pairs_on_base(adapter_dir: str, base_ckpt: CheckpointWeights, targe
 
 
 def _adapter_budget(sv, E, rel, pair, rtol) -> AdapterBudget:
-    from rmlora.analysis.diagnostics import delta_singular_values, numerical_rank
+    from rmlora.analysis.spectrum import delta_singular_values, numerical_rank
 
     _, name, A, B, scaling = pair
     R = int(A.shape[0])

@@ -227,7 +227,7 @@ def train(problem: Problem, rank: int, method: str, cfg: SyntheticConfig, seed: 
     """Train a rank-`rank` LoRA on every layer of f0 to match f̄ on fresh Gaussian batches (MSE)."""
     from peft import LoraConfig, get_peft_model
 
-    from rmlora.analysis.diagnostics import delta_singular_values, effective_rank, numerical_rank
+    from rmlora.analysis.spectrum import delta_singular_values, effective_rank, numerical_rank
     from rmlora.config import RMLoraConfig
     from rmlora.core.pairs import find_lora_pairs
     from rmlora.core.rm_lora import RMLora

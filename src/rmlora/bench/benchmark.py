@@ -297,16 +297,16 @@ def build_entry(name: str, template: nn.Module, args: BenchArguments, total_step
             params = [p for p in model.parameters() if p.requires_grad]
             return Entry(name, model, None, _optimizer(params, args, 1e-3))
         from rmlora.config import RMLoraConfig
-        from rmlora.methods.base import LoraArguments, build_training_method, prepare_model
+        from rmlora.methods import LoraArguments, build_training_method, prepare_model
 
         lr = 1e-5 if rm_method == "full" else 1e-3
         settings: dict = {"total_steps": total_steps, "learning_rate": lr}
         if rm_method == "adalora":
-            from rmlora.methods.adalora import AdaLoraArguments
+            from rmlora.methods import AdaLoraArguments
 
             settings["adalora"] = AdaLoraArguments(adalora_init_r=(3 * args.lora_r) // 2, adalora_target_r=args.lora_r)
         if rm_method == "sora":
-            from rmlora.methods.sora import SoraArguments
+            from rmlora.methods import SoraArguments
 
             settings["sora"] = SoraArguments()
         r_hat = int(args.r_hat) if args.r_hat >= 1 else float(args.r_hat)

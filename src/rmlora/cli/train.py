@@ -99,9 +99,7 @@ def rmlora_config(method_args, seed: int) -> RMLoraConfig:
 def argument_classes() -> tuple:
     from transformers import TrainingArguments
 
-    from rmlora.methods.adalora import AdaLoraArguments
-    from rmlora.methods.base import LoraArguments
-    from rmlora.methods.sora import SoraArguments
+    from rmlora.methods import AdaLoraArguments, LoraArguments, SoraArguments
     from rmlora.tasks import DataArguments, ModelArguments
 
     return (
@@ -174,7 +172,7 @@ def train(model_args, data_args, method_args, lora_args, adalora_args, sora_args
     """Run one training and write its files; returns the content of metrics.json."""
     from transformers import set_seed
 
-    from rmlora.methods.base import prepare_model
+    from rmlora.methods import prepare_model
     from rmlora.tasks import build_task
     from rmlora.training.history import HistoryCallback
     from rmlora.training.trainer import RMLoraTrainer

@@ -5,6 +5,9 @@ nn.Linear and for GPT-2's Conv1D (`fan_in_fan_out=True` only transposes ΔW when
 stores raw parameters (R x num_embeddings, embedding_dim x R); conv LoRA stores 4-d kernels that are
 viewed as R x (d_in·k·k) and d_out x R. Same-shaped pairs form a group so that the penalty and the
 masks run as a few batched kernels instead of a Python loop over every parameter.
+
+Only plain LoRA is read here; the baselines' ΔW factors (AdaLoRA's B (A⊙E), SoRA's gated B) are read by
+their methods (rmlora.methods.pairs.delta_weight_pairs).
 """
 
 from __future__ import annotations
@@ -13,9 +16,12 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
+from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from rmlora.errors import NoLoraPairsError
+
+PEFT_PREFIX = "base_model.model."  # PeftModel's path to the wrapped model's modules
 
 
 @dataclass(eq=False)
@@ -26,12 +32,6 @@ class LoraPair:
     rank: int
     scaling: float
     fan_in_fan_out: bool = False
-    gate: torch.Tensor | None = None  # SoRA's g between A and B (rmlora.methods.sora), else None
-
-    def effective_b(self) -> torch.Tensor:
-        """B, or B·diag(g) for a SoRA-gated pair: ΔW = scaling · effective_b · A."""
-        b = self.b_matrix()
-        return b if self.gate is None else b * self.gate.reshape(1, -1).to(b.dtype)
 
     @property
     def d_in(self) -> int:
@@ -49,7 +49,7 @@ class LoraPair:
 
     def delta_weight(self) -> torch.Tensor:
         """ΔW = scaling · B A as a d_out x d_in matrix (dense; for tests and small modules)."""
-        return self.scaling * (self.effective_b().float() @ self.a_matrix().float())
+        return self.scaling * (self.b_matrix().float() @ self.a_matrix().float())
 
 
 @dataclass(eq=False)
@@ -79,10 +79,27 @@ class PairGroup:
         return torch.stack([p.b_matrix() for p in self.pairs])
 
 
-def _lora_layer_class():
-    from peft.tuners.lora import LoraLayer
+def relative_module_name(name: str) -> str:
+    """A module path inside the base model: PEFT's `base_model.model.` prefix removed (rank_pattern, target keys)."""
+    return name.removeprefix(PEFT_PREFIX)
 
-    return LoraLayer
+
+def pair_name(module_name: str, adapter: str, active_adapters) -> str:
+    """A pair's name: the module path, with `[adapter]` appended when several adapters are active."""
+    return module_name if len(active_adapters) == 1 else f"{module_name}[{adapter}]"
+
+
+def lora_factors(module: nn.Module, adapter: str) -> tuple[nn.Parameter, nn.Parameter] | None:
+    """(A, B) of a plain LoRA layer's `adapter`: Linear / Conv1D / conv layers or embedding parameters.
+
+    Other tuners built on LoraLayer (AdaLoRA's raw P, Λ, Q parameters) hold no such layers and give None:
+    their pairs are read by their own method (rmlora.methods).
+    """
+    if adapter in getattr(module, "lora_A", {}) and isinstance(module.lora_A[adapter], nn.Module):
+        return module.lora_A[adapter].weight, module.lora_B[adapter].weight
+    if adapter in getattr(module, "lora_embedding_A", {}):
+        return module.lora_embedding_A[adapter], module.lora_embedding_B[adapter]
+    return None
 
 
 def find_lora_pairs(model: nn.Module, require_grad: bool = False) -> list[LoraPair]:
@@ -90,50 +107,25 @@ def find_lora_pairs(model: nn.Module, require_grad: bool = False) -> list[LoraPa
 
     With `require_grad`, pairs whose matrices are frozen are left out.
     """
-    LoraLayer = _lora_layer_class()
     pairs: list[LoraPair] = []
     for name, module in model.named_modules():
         if not isinstance(module, LoraLayer):
             continue
         for adapter in module.active_adapters:
-            if hasattr(module, "lora_E") and adapter in module.lora_E:
-                # AdaLoRA's P Λ Q: ΔW = B (A ⊙ E) · scaling / (ranknum + 1e-5), as PEFT's get_delta_weight.
-                # Read-only pairs for diagnostics; RMLora never trains AdaLoRA models.
-                if require_grad:
-                    continue
-                ranknum = float(module.ranknum[adapter])
-                pairs.append(
-                    LoraPair(
-                        name=name,
-                        A=(module.lora_A[adapter] * module.lora_E[adapter]).detach(),
-                        B=module.lora_B[adapter].detach(),
-                        rank=int(module.lora_A[adapter].shape[0]),
-                        scaling=float(module.scaling[adapter]) / (ranknum + 1e-5),
-                        fan_in_fan_out=bool(getattr(module, "fan_in_fan_out", False)),
-                    )
-                )
+            factors = lora_factors(module, adapter)
+            if factors is None:
                 continue
-            if adapter in getattr(module, "lora_A", {}):
-                A = module.lora_A[adapter].weight
-                B = module.lora_B[adapter].weight
-            elif adapter in getattr(module, "lora_embedding_A", {}):
-                A = module.lora_embedding_A[adapter]
-                B = module.lora_embedding_B[adapter]
-            else:
-                continue
+            A, B = factors
             if require_grad and not (A.requires_grad or B.requires_grad):
                 continue
-            gates = getattr(module, "sora_gate", None)
-            gate = gates[adapter] if gates is not None and adapter in gates else None
             pairs.append(
                 LoraPair(
-                    name=name if len(module.active_adapters) == 1 else f"{name}[{adapter}]",
+                    name=pair_name(name, adapter, module.active_adapters),
                     A=A,
                     B=B,
                     rank=int(A.shape[0]),
                     scaling=float(module.scaling[adapter]),
                     fan_in_fan_out=bool(getattr(module, "fan_in_fan_out", False)),
-                    gate=gate,
                 )
             )
     return pairs
@@ -143,8 +135,9 @@ def require_lora_pairs(model: nn.Module) -> list[LoraPair]:
     pairs = find_lora_pairs(model, require_grad=True)
     if not pairs:
         raise NoLoraPairsError(
-            "the model has no trainable LoRA pairs: wrap it with peft.get_peft_model(model, LoraConfig(target_modules=...)) "
-            "and check that target_modules names layers of this model"
+            "the model has no trainable LoRA pairs: wrap it with "
+            "peft.get_peft_model(model, LoraConfig(target_modules=...)) and check that target_modules names "
+            "layers of this model"
         )
     return pairs
 

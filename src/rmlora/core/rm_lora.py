@@ -9,6 +9,8 @@
     optimizer.zero_grad()
 
 Only the LoRA matrices of the active adapter are touched; heads and `modules_to_save` train normally.
+This class is the algorithm; `rmlora.RMLora` (rmlora.methods.lora.LoraMethod) adds what a training run
+needs around it: "# T / I params", export, and the versioned state a checkpoint carries.
 """
 
 from __future__ import annotations
@@ -31,8 +33,6 @@ from rmlora.core.pairs import LoraPair, PairGroup, group_pairs, require_lora_pai
 from rmlora.core.penalty import add_penalty_gradient, orthogonality_penalty
 from rmlora.errors import ConfigError
 
-STATE_VERSION = 1
-
 
 class RMLora:
     """RM-LoRA's training logic for one PEFT model (see the module docstring for the loop)."""
@@ -45,7 +45,7 @@ class RMLora:
         if not self.config.is_lora_variant:
             raise ConfigError(
                 f"RMLora trains lora, r-lora, gm-lora and rm-lora; method {self.config.method!r} is a baseline: "
-                "use rmlora.methods.base.build_training_method (RMLoraTrainer does)"
+                "use rmlora.methods.build_training_method (RMLoraTrainer does)"
             )
         self.refresh()
 
@@ -99,8 +99,9 @@ class RMLora:
             import deepspeed
         except ImportError:
             raise ConfigError(
-                "the LoRA parameters are sharded (empty on this rank) and DeepSpeed is not installed: with FSDP, keep "
-                "LoRA parameters unsharded (use_orig_params=True and exclude them from sharding) or use DeepSpeed ZeRO-3"
+                "the LoRA parameters are sharded (empty on this rank) and DeepSpeed is not installed: with FSDP, "
+                "keep LoRA parameters unsharded (use_orig_params=True and exclude them from sharding) or use "
+                "DeepSpeed ZeRO-3"
             ) from None
         params = [t for p in self.pairs for t in (p.A, p.B)]
         with deepspeed.zero.GatheredParameters(params, fwd_module=self.model):
@@ -173,33 +174,3 @@ class RMLora:
             restore_group_snapshot(optimizer, snap)
         self._snapshots = []
         self._prepared_step = None
-
-    # -- the rest of the TrainingMethod interface (rmlora.methods.base) ---------------------------------------
-    def excluded_parameters(self) -> list:
-        return []
-
-    def param_counts(self) -> dict[str, int]:
-        """Trainable = kept at inference: LoRA matrices plus heads / modules_to_save."""
-        n = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        return {"trainable": n, "inference": n}
-
-    def export(self, output_dir: str) -> None:
-        from rmlora.io.adapters import save_adapter
-
-        save_adapter(self.model, output_dir, self)
-
-    # -- checkpoints -----------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        """Everything a resumed run needs: the directions are a pure function of (seed, step, module)."""
-        return {"version": STATE_VERSION, "config": self.config.to_dict(), "modules": [p.name for p in self.pairs]}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("version") != STATE_VERSION:
-            raise ConfigError(f"unsupported RMLora state version {state.get('version')!r} (expected {STATE_VERSION})")
-        self.config = RMLoraConfig.from_dict(state["config"])
-        names = [p.name for p in self.pairs]
-        if state.get("modules") and state["modules"] != names:
-            raise ConfigError(
-                "the checkpoint's LoRA modules differ from this model's: resume with the same model and target_modules"
-            )
-        self.refresh()

@@ -8,10 +8,17 @@ Reading is done with safetensors and json only, never by unpickling a file from 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 
 import torch
+from peft import PeftModel
+from peft.utils.other import get_pattern_key
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
+from rmlora.core.pairs import PEFT_PREFIX
 from rmlora.errors import AdapterError
 from rmlora.io import atomic
 
@@ -48,13 +55,12 @@ def _join_tensors(obj, tensors: dict):
 def write_rmlora_state(output_dir: str, rmlora) -> None:
     """The method's state_dict() as JSON; its tensors (SoRA's gate optimizer, AdaLoRA's importance) as safetensors.
 
-    The run's "# T / I params" (param_counts) are recorded beside the state.
+    `rmlora` is a TrainingMethod (rmlora.methods.base); the run's "# T / I params" (param_counts) are
+    recorded beside its state.
     """
-    from safetensors.torch import save_file
-
     tensors: dict[str, torch.Tensor] = {}
     state = _split_tensors(rmlora.state_dict(), tensors)
-    if hasattr(rmlora, "param_counts") and "param_counts" not in state:
+    if "param_counts" not in state:
         state["param_counts"] = rmlora.param_counts()
     tensor_path = os.path.join(output_dir, RMLORA_TENSORS_NAME)
     if tensors:
@@ -76,9 +82,6 @@ def read_rmlora_state(adapter_dir: str) -> dict:
         raise AdapterError(f"{path} is not valid JSON ({e}); delete it or re-save the adapter") from None
     tensor_path = os.path.join(adapter_dir, RMLORA_TENSORS_NAME)
     if os.path.exists(tensor_path):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         try:
             state = _join_tensors(state, load_file(tensor_path))
         except (SafetensorError, OSError, ValueError, KeyError) as e:
@@ -95,9 +98,6 @@ def save_adapter(model, output_dir: str, rmlora=None) -> None:
 
 def read_adapter(adapter_dir: str) -> tuple[dict, dict[str, torch.Tensor]]:
     """(adapter_config, tensors) of a PEFT adapter folder, with one-line errors for what is wrong."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     if not os.path.isdir(adapter_dir):
         raise AdapterError(
             f"adapter directory {adapter_dir!r} does not exist: pass the folder that save_pretrained wrote"
@@ -108,7 +108,10 @@ def read_adapter(adapter_dir: str) -> tuple[dict, dict[str, torch.Tensor]]:
         if not os.path.exists(path):
             hint = ""
             if path == weights_path and os.path.exists(os.path.join(adapter_dir, "adapter_model.bin")):
-                hint = " (only adapter_model.bin is there: re-save it with safe_serialization=True; pickled files are not loaded)"
+                hint = (
+                    " (only adapter_model.bin is there: re-save it with safe_serialization=True; "
+                    "pickled files are not loaded)"
+                )
             raise AdapterError(f"{adapter_dir!r} has no {os.path.basename(path)}: not a PEFT adapter folder{hint}")
     try:
         with open(config_path, encoding="utf-8") as f:
@@ -122,23 +125,56 @@ def read_adapter(adapter_dir: str) -> tuple[dict, dict[str, torch.Tensor]]:
     return config, tensors
 
 
+_KEY = re.compile(
+    rf"^(?:{re.escape(PEFT_PREFIX)})?(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.weight)?$"
+)
+
+
+def adapter_pairs(
+    config: dict, tensors: dict[str, torch.Tensor]
+) -> list[tuple[str, torch.Tensor, torch.Tensor, float]]:
+    """(module, A, B, scaling) for every LoRA pair stored in a PEFT adapter file (read_adapter's output).
+
+    The module is its path inside the base model; the scaling is alpha / r (alpha / √r with rsLoRA), alpha
+    and r per module by PEFT's alpha_pattern key rule (get_pattern_key).
+    """
+    found: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        m = _KEY.match(key)
+        if m:
+            side = "A" if m.group("kind").endswith("A") else "B"
+            found.setdefault(m.group("module"), {})[side] = tensor
+    out = []
+    alpha_pattern = config.get("alpha_pattern") or {}
+    for module, sides in found.items():
+        if set(sides) != {"A", "B"}:
+            raise AdapterError(
+                f"adapter has lora_{next(iter(sides))} but not its partner for {module}: the file is incomplete"
+            )
+        A, B = sides["A"], sides["B"]
+        r = int(A.shape[0])
+        alpha = alpha_pattern.get(get_pattern_key(alpha_pattern.keys(), module), config.get("lora_alpha", r))
+        scaling = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+        out.append((module, A, B, float(scaling)))
+    if not out:
+        raise AdapterError("the adapter file holds no lora_A / lora_B tensors: is it a LoRA adapter?")
+    return out
+
+
 def load_adapter(base_model, adapter_dir: str, is_trainable: bool = False):
     """`PeftModel.from_pretrained` with one-line errors for a folder that is not an adapter or does not fit.
 
     The folder is read with safetensors first (read_adapter), so nothing pickled is ever loaded, and every
     lora_A / lora_B shape is checked against the base model's layer before PEFT builds anything.
     """
-    from peft import PeftModel
-
-    from rmlora.analysis.diagnostics import adapter_pairs
-
     config, tensors = read_adapter(adapter_dir)
     modules = dict(base_model.named_modules())
     for module, A, B, _ in adapter_pairs(config, tensors):
         layer = modules.get(module)
         if layer is None:
             raise AdapterError(
-                f"the adapter adapts {module}, which this base model does not have: load it on the model it was trained on"
+                f"the adapter adapts {module}, which this base model does not have: "
+                "load it on the model it was trained on"
             )
         weight = getattr(layer, "weight", None)
         if weight is None or weight.dim() != 2:

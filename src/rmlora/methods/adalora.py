@@ -25,14 +25,20 @@ import logging
 from dataclasses import asdict, dataclass, field
 
 import torch
+from peft import AdaLoraConfig
+from peft.tuners.adalora import AdaLoraLayer, AdaLoraModel
+from peft.utils.other import get_pattern_key
 from torch import nn
 
 from rmlora.config import RMLoraConfig
+from rmlora.core.pairs import LoraPair, pair_name, relative_module_name
 from rmlora.errors import ConfigError
-from rmlora.methods.param_counts import inference_count, trainable_count
+from rmlora.io.adapters import save_adapter
+from rmlora.methods.base import TrainingMethod
+from rmlora.methods.lora import LoraArguments, checked_peft_model
+from rmlora.methods.param_counts import full_shape, inference_count, trainable_count
 
 logger = logging.getLogger(__name__)
-STATE_VERSION = 1
 
 
 @dataclass
@@ -64,8 +70,8 @@ class AdaLoraArguments:
         if not 0 <= self.adalora_target_r < self.adalora_init_r:
             # PEFT's allocator drops init_bgt − budget triplets: with target_r = init_r it has none to drop and fails
             raise ConfigError(
-                f"adalora_target_r must lie in [0, adalora_init_r) = [0, {self.adalora_init_r}), got {self.adalora_target_r}: "
-                "use method lora for a fixed rank"
+                f"adalora_target_r must lie in [0, adalora_init_r) = [0, {self.adalora_init_r}), "
+                f"got {self.adalora_target_r}: use method lora for a fixed rank"
             )
         if self.adalora_tinit < 0:
             raise ConfigError(f"adalora_tinit must be ≥ 0, got {self.adalora_tinit}")
@@ -89,16 +95,14 @@ class AdaLoraArguments:
                 f"{self.adalora_tinit} and adalora_tfinal={self.adalora_tfinal}: make tinit + tfinal < {total_steps}"
             )
 
-    def adalora_config(self, lora=None, total_steps: int | None = None, task_type=None):
+    def adalora_config(
+        self, lora: LoraArguments | None = None, total_steps: int | None = None, task_type=None
+    ) -> AdaLoraConfig:
         """PEFT's AdaLoraConfig: placement and alpha from LoraArguments `lora`, budget from these fields.
 
         Without `total_steps` the schedule gets a placeholder length; AdaLoraMethod.set_total_steps (called
         by RMLoraTrainer at train begin) replaces it before the first allocation.
         """
-        from peft import AdaLoraConfig
-
-        from rmlora.methods.base import LoraArguments
-
         lora = lora or LoraArguments()
         if lora.use_rslora:
             raise ConfigError("AdaLoRA scales by alpha / current rank and has no rsLoRA form: set use_rslora=False")
@@ -125,26 +129,48 @@ class AdaLoraArguments:
 
 def prepare_adalora_model(
     base_model: nn.Module,
-    lora=None,
+    lora: LoraArguments | None = None,
     task_type=None,
     adalora: AdaLoraArguments | None = None,
     total_steps: int | None = None,
-    **_,
 ) -> nn.Module:
     """PEFT's AdaLoRA model on `base_model`; `total_steps` is the run's number of optimizer steps, if known."""
-    from peft import get_peft_model
-
     adalora = adalora if adalora is not None else AdaLoraArguments()
-    return get_peft_model(base_model, adalora.adalora_config(lora, total_steps, task_type))
+    return checked_peft_model(base_model, adalora.adalora_config(lora, total_steps, task_type))
 
 
-def _adalora_model(model: nn.Module):
-    from peft.tuners.adalora import AdaLoraModel
+def adalora_pairs(model: nn.Module) -> list[LoraPair]:
+    """Read-only (A ⊙ E, B) pairs of every AdaLoRA layer of the active adapter(s), for ΔW diagnostics.
 
+    ΔW = B (A ⊙ E) · scaling / (ranknum + 1e-5), as PEFT's AdaLoraLayer.get_delta_weight (the pair's scaling
+    carries the division); detached, since RMLora never trains AdaLoRA's triplets.
+    """
+    pairs = []
+    for name, module in model.named_modules():
+        if not isinstance(module, AdaLoraLayer):
+            continue
+        for adapter in module.active_adapters:
+            if adapter not in module.lora_E:
+                continue
+            ranknum = float(module.ranknum[adapter])
+            pairs.append(
+                LoraPair(
+                    name=pair_name(name, adapter, module.active_adapters),
+                    A=(module.lora_A[adapter] * module.lora_E[adapter]).detach(),
+                    B=module.lora_B[adapter].detach(),
+                    rank=int(module.lora_A[adapter].shape[0]),
+                    scaling=float(module.scaling[adapter]) / (ranknum + 1e-5),
+                    fan_in_fan_out=bool(getattr(module, "fan_in_fan_out", False)),
+                )
+            )
+    return pairs
+
+
+def _adalora_model(model: nn.Module) -> AdaLoraModel:
     inner = getattr(model, "base_model", None)
     if not isinstance(inner, AdaLoraModel):
         raise ConfigError(
-            "method adalora needs a PEFT AdaLoRA model: build it with rmlora.methods.base.prepare_model(base_model, "
+            "method adalora needs a PEFT AdaLoRA model: build it with rmlora.methods.prepare_model(base_model, "
             "RMLoraConfig(method='adalora'), ...)"
         )
     if getattr(inner, "rankallocator", None) is None:
@@ -152,9 +178,12 @@ def _adalora_model(model: nn.Module):
     return inner
 
 
-class AdaLoraMethod:
+class AdaLoraMethod(TrainingMethod):
     """AdaLoRA's hooks for the one training path (rmlora.methods.base.TrainingMethod)."""
 
+    methods = ("adalora",)
+    arguments_class = AdaLoraArguments
+    settings_key = "adalora"
     uses_penalty = False  # PEFT puts the orthogonal regularizer into outputs.loss itself
 
     def __init__(
@@ -163,10 +192,8 @@ class AdaLoraMethod:
         config: RMLoraConfig | None = None,
         adalora: AdaLoraArguments | None = None,
         total_steps: int | None = None,
-        **_,
     ):
-        self.model = model
-        self.config = config if config is not None else RMLoraConfig(method="adalora")
+        super().__init__(model, config if config is not None else RMLoraConfig(method="adalora"))
         self.adalora_model = _adalora_model(model)
         self.adapter = self.adalora_model.trainable_adapter_name
         self.peft_config = self.adalora_model.peft_config[self.adapter]
@@ -187,6 +214,14 @@ class AdaLoraMethod:
         if total_steps:
             self.set_total_steps(total_steps)
 
+    @classmethod
+    def prepare(cls, base_model: nn.Module, lora: LoraArguments, task_type, settings) -> nn.Module:
+        return prepare_adalora_model(base_model, lora, task_type, settings.adalora, settings.total_steps)
+
+    @classmethod
+    def from_settings(cls, model: nn.Module, config: RMLoraConfig, settings) -> AdaLoraMethod:
+        return cls(model, config, adalora=settings.adalora, total_steps=settings.total_steps)
+
     def set_total_steps(self, total_steps: int) -> None:
         """Make PEFT's budget schedule span `total_steps` optimizer steps (RMLoraTrainer: its max_steps)."""
         total_steps = int(total_steps)
@@ -198,16 +233,7 @@ class AdaLoraMethod:
         self.total_steps = total_steps
         self.adalora_model.rankallocator.set_total_step(total_steps)
 
-    # -- hooks ----------------------------------------------------------------------------------------------
-    def penalty(self) -> torch.Tensor:
-        return torch.zeros((), dtype=torch.float32, device=next(self.model.parameters()).device)
-
-    def add_penalty_gradient(self) -> None:
-        pass  # the regularizer is already in the model's loss
-
-    def before_optimizer_step(self, optimizer, step: int) -> None:
-        pass
-
+    # -- hooks (penalty() stays 0: the regularizer is already in the model's loss) ----------------------------
     def after_optimizer_step(self, optimizer, step: int) -> None:
         """PEFT's update_and_allocate(step): gradients are still there (before zero_grad)."""
         if self.total_steps is None:
@@ -219,9 +245,6 @@ class AdaLoraMethod:
             # a skipped step without gradients: PEFT's importance p·∇p needs them; the schedule is step-indexed
             return
         self.adalora_model.update_and_allocate(step)
-
-    def excluded_parameters(self) -> list[nn.Parameter]:
-        return []
 
     # -- ranks, counts, export ----------------------------------------------------------------------------------
     def rank_pattern(self) -> dict | None:
@@ -243,8 +266,6 @@ class AdaLoraMethod:
             self.peft_config.rank_pattern, self._held_rank_pattern = self._held_rank_pattern, None
 
     def _layers(self):
-        from peft.tuners.adalora import AdaLoraLayer
-
         for name, module in self.model.named_modules():
             if isinstance(module, AdaLoraLayer) and self.adapter in module.lora_E:
                 yield name, module
@@ -255,7 +276,7 @@ class AdaLoraMethod:
         out = {}
         for name, module in self._layers():
             mask = _pattern_for(pattern, name, self.adapter)
-            out[name] = int(sum(mask)) if mask is not None else int(module.lora_E[self.adapter].shape[0])
+            out[name] = int(sum(mask)) if mask is not None else full_shape(module.lora_E[self.adapter])[0]
         return out
 
     def param_counts(self) -> dict[str, int]:
@@ -265,22 +286,18 @@ class AdaLoraMethod:
         for name, module in self._layers():
             A, E, B = module.lora_A[self.adapter], module.lora_E[self.adapter], module.lora_B[self.adapter]
             training += [A, E, B]
-            kept += ranks[name] * (A.shape[1] + B.shape[0] + 1)
+            kept += ranks[name] * (full_shape(A)[1] + full_shape(B)[0] + 1)
         return {"trainable": trainable_count(self.model), "inference": inference_count(self.model, training, kept)}
 
     def export(self, output_dir: str) -> None:
         """PEFT's AdaLoRA adapter, cut to the kept triplets by PEFT (rank_pattern); vanilla PEFT loads it."""
-        from rmlora.io.adapters import save_adapter
-
         save_adapter(self.model, output_dir, self)
 
     # -- checkpoints ------------------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
+    def extra_state(self) -> dict:
         """The budget so far (rank_pattern) and the importance EMAs the allocator ranks by (tensors)."""
         alloc = self.adalora_model.rankallocator
         return {
-            "version": STATE_VERSION,
-            "config": self.config.to_dict(),
             "adalora": asdict(self.args),
             "total_steps": self.total_steps,
             "rank_pattern": self.rank_pattern(),
@@ -291,10 +308,7 @@ class AdaLoraMethod:
             },
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("version") != STATE_VERSION:
-            raise ConfigError(f"unsupported AdaLoRA state version {state.get('version')!r} (expected {STATE_VERSION})")
-        self.config = RMLoraConfig.from_dict(state["config"])
+    def load_extra_state(self, state: dict) -> None:
         self.args = AdaLoraArguments(**state["adalora"])
         if state.get("total_steps"):
             self.total_steps = None
@@ -317,9 +331,11 @@ class AdaLoraMethod:
 
 
 def _pattern_for(pattern: dict, module_name: str, adapter: str):
-    """The rank_pattern entry of a module: PEFT keys it by `<path>.lora_E.<adapter>`, or without the adapter after a save."""
-    path = module_name[len("base_model.model.") :] if module_name.startswith("base_model.model.") else module_name
+    """The rank_pattern entry of a module, by PEFT's key rule (get_pattern_key): PEFT keys it by
+    `<path>.lora_E.<adapter>`, or without the adapter after a save."""
+    path = relative_module_name(module_name)
     for key in (f"{path}.lora_E.{adapter}", f"{path}.lora_E"):
-        if key in pattern:
-            return pattern[key]
+        found = get_pattern_key(pattern.keys(), key)
+        if found in pattern:
+            return pattern[found]
     return None

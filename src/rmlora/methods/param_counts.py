@@ -17,20 +17,40 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+from peft import PeftModel
 from torch import nn
 
 
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(trainable, all) parameters, by PEFT's own count: a DeepSpeed ZeRO-3 partition (numel() == 0) counts
+    its `ds_numel`, a 4-bit bitsandbytes parameter its unpacked size. PEFT's method reads only
+    `named_parameters()`, so it is called on plain models (full fine-tuning) too."""
+    return PeftModel.get_nb_trainable_parameters(model)
+
+
 def trainable_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return parameter_counts(model)[0]
 
 
 def total_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    return parameter_counts(model)[1]
+
+
+def full_numel(p: torch.Tensor) -> int:
+    """p.numel(), or a ZeRO-3 partitioned parameter's full size (`ds_numel`), as PEFT counts it."""
+    n = p.numel()
+    return int(p.ds_numel) if n == 0 and hasattr(p, "ds_numel") else int(n)
+
+
+def full_shape(p: torch.Tensor) -> tuple[int, ...]:
+    """p.shape, or a ZeRO-3 partitioned parameter's full shape (`ds_shape`)."""
+    return tuple(p.ds_shape) if p.numel() == 0 and hasattr(p, "ds_shape") else tuple(p.shape)
 
 
 def inference_count(model: nn.Module, training_adapter: Iterable[torch.Tensor], kept_adapter: int) -> int:
     """Trainable parameters, with the adapter's training-time tensors replaced by the `kept_adapter` it exports."""
-    return trainable_count(model) - sum(p.numel() for p in training_adapter if p.requires_grad) + int(kept_adapter)
+    dropped = sum(full_numel(p) for p in training_adapter if p.requires_grad)
+    return trainable_count(model) - dropped + int(kept_adapter)
 
 
 def format_count(n: int) -> str:

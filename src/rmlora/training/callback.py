@@ -17,8 +17,8 @@ from __future__ import annotations
 from transformers import TrainerCallback
 
 from rmlora.config import RMLoraConfig
-from rmlora.core.rm_lora import RMLora
 from rmlora.io.adapters import write_rmlora_state
+from rmlora.methods.lora import LoraMethod
 
 
 class RMLoraCallback(TrainerCallback):
@@ -26,11 +26,11 @@ class RMLoraCallback(TrainerCallback):
 
     def __init__(self, config: RMLoraConfig | None = None):
         self.config = config if config is not None else RMLoraConfig()
-        self.rmlora: RMLora | None = None
+        self.rmlora: LoraMethod | None = None
 
-    def _attach(self, model) -> RMLora:
+    def _attach(self, model) -> LoraMethod:
         if self.rmlora is None or self.rmlora.model is not model:
-            self.rmlora = RMLora(model, self.config)
+            self.rmlora = LoraMethod(model, self.config)
         return self.rmlora
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):

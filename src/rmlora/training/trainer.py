@@ -20,7 +20,7 @@ from transformers import Trainer, TrainerCallback
 from rmlora.config import RMLoraConfig
 from rmlora.errors import ConfigError, NonFiniteLossError
 from rmlora.io.adapters import RMLORA_CONFIG_NAME, read_rmlora_state, write_rmlora_state
-from rmlora.methods.base import build_training_method
+from rmlora.methods import build_training_method
 
 
 class _StepHooks(TrainerCallback):
@@ -31,9 +31,8 @@ class _StepHooks(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         # AdaLoRA's budget schedule and SoRA's ξ stages span the run's optimizer steps, known only now
-        set_total_steps = getattr(self.trainer.rmlora, "set_total_steps", None)
-        if set_total_steps is not None and state.max_steps > 0:
-            set_total_steps(state.max_steps)
+        if state.max_steps > 0:
+            self.trainer.rmlora.set_total_steps(state.max_steps)
 
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         if self.trainer._skip_this_step:
@@ -52,7 +51,7 @@ class _StepHooks(TrainerCallback):
 class RMLoraTrainer(Trainer):
     """`RMLoraTrainer(model=peft_model, ..., rmlora_config=RMLoraConfig(...))`.
 
-    The model comes from `rmlora.methods.base.prepare_model` (or `peft.get_peft_model` for the LoRA
+    The model comes from `rmlora.methods.prepare_model` (or `peft.get_peft_model` for the LoRA
     variants); `method_settings` carries a baseline's own knobs (AdaLoRA, SoRA).
     """
 
@@ -90,8 +89,7 @@ class RMLoraTrainer(Trainer):
 
     def _uses_penalty(self) -> bool:
         # a baseline says so itself (SoRA's L1 term; AdaLoRA's regularizer is already in the model's loss)
-        uses = getattr(self.rmlora, "uses_penalty", None)
-        return bool(self.rmlora.config.uses_penalty if uses is None else uses)
+        return bool(self.rmlora.uses_penalty)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         result = super().compute_loss(
@@ -156,12 +154,11 @@ class RMLoraTrainer(Trainer):
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         # a checkpoint must resume: AdaLoRA saves every triplet there, not PEFT's rank-cut adapter
-        hold = getattr(self.rmlora, "checkpoint_save", None) if _internal_call else None
-        with hold() if hold is not None else contextlib.nullcontext():
+        with self.rmlora.checkpoint_save() if _internal_call else contextlib.nullcontext():
             super().save_model(output_dir, _internal_call=_internal_call)
         # SoRA's raw adapter lacks the gates: a final save writes the exported (pruned, folded) adapter over it,
         # while checkpoints (_internal_call) keep the raw one plus the gates for resuming
-        if not _internal_call and getattr(self.rmlora, "export_on_save", False) and self.args.should_save:
+        if not _internal_call and self.rmlora.export_on_save and self.args.should_save:
             self.rmlora.export(output_dir or self.args.output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
