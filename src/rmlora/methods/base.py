@@ -20,6 +20,7 @@ writes export() instead of the raw model). How each method counts "# T / I": rml
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -173,6 +174,13 @@ def prepare_model(
     base_model: nn.Module, config: RMLoraConfig, lora: LoraArguments | None = None, task_type=None, **settings
 ) -> nn.Module:
     """Wrap `base_model` for `config.method`; `settings` carries the baselines' own knobs."""
+    with warnings.catch_warnings():
+        # PEFT's PeftModel.__init__ reads transformers' deprecated `is_gradient_checkpointing` alias on every wrap
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return _prepare_model(base_model, config, lora, task_type, **settings)
+
+
+def _prepare_model(base_model: nn.Module, config: RMLoraConfig, lora, task_type, **settings) -> nn.Module:
     lora = lora or LoraArguments()
     if config.method == "full":
         for p in base_model.parameters():
