@@ -10,6 +10,8 @@ needs, and an unknown key is a ConfigError. How each method counts "# T / I": rm
 
 from __future__ import annotations
 
+import warnings
+
 from torch import nn
 
 from rmlora.config import RMLoraConfig
@@ -37,7 +39,10 @@ def prepare_model(
 ) -> nn.Module:
     """Wrap `base_model` for `config.method`: PEFT LoRA, PEFT AdaLoRA, SoRA's gated LoRA, or itself (full)."""
     parsed = MethodSettings.from_mapping(settings)
-    return method_class(config.method).prepare(base_model, lora or LoraArguments(), task_type, parsed)
+    with warnings.catch_warnings():
+        # PEFT's PeftModel.__init__ reads transformers' deprecated `is_gradient_checkpointing` alias on every wrap
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return method_class(config.method).prepare(base_model, lora or LoraArguments(), task_type, parsed)
 
 
 def build_training_method(model: nn.Module, config: RMLoraConfig | None = None, **settings) -> TrainingMethod:

@@ -12,6 +12,7 @@ import numpy as np
 
 from rmlora.tasks.base import Task, encode_label_column, ensure_pad_token
 from rmlora.tasks.data import require_columns
+from rmlora.tasks.loading import from_pretrained_quietly, load_tokenizer
 
 
 class SequenceClassificationTask(Task):
@@ -72,19 +73,18 @@ class SequenceClassificationTask(Task):
         return None if self.placement == "head" else "SEQ_CLS"
 
     def _load_pretrained(self):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
         kwargs = self.from_pretrained_kwargs()
-        tokenizer = AutoTokenizer.from_pretrained(
-            self.model_args.tokenizer_name or self.model_args.model_name_or_path, **kwargs
-        )
+        tokenizer = load_tokenizer(self.model_args.tokenizer_name or self.model_args.model_name_or_path, **kwargs)
         labels = {}
         if not self.is_regression:
             labels = {
                 "id2label": dict(enumerate(self.label_list)),
                 "label2id": {n: i for i, n in enumerate(self.label_list)},
             }
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model = from_pretrained_quietly(
+            AutoModelForSequenceClassification,
             self.model_args.model_name_or_path,
             num_labels=self.num_labels,
             ignore_mismatched_sizes=self.model_args.ignore_mismatched_sizes,
@@ -119,8 +119,11 @@ class SequenceClassificationTask(Task):
 
     # -- metrics ---------------------------------------------------------------------------------------
     def predictions(self, logits) -> np.ndarray:
-        logits = logits[0] if isinstance(logits, tuple) else logits
-        return np.squeeze(logits, axis=-1) if self.is_regression else np.argmax(logits, axis=-1)
+        logits = np.asarray(logits[0] if isinstance(logits, tuple) else logits)
+        if self.is_regression:
+            # one score per example: BERT returns (N, 1), DeBERTa-v2 flattens regression logits to (N,)
+            return logits.reshape(len(logits), -1)[:, 0]
+        return np.argmax(logits, axis=-1)
 
     def compute_metrics(self, eval_pred) -> dict:
         from rmlora.tasks.metrics import accuracy

@@ -67,12 +67,78 @@ def load_file(path: str, what: str = "train file", encoding: str = "utf-8"):
     return ds
 
 
-def require_columns(ds, columns, split: str) -> None:
+_NETWORK_ERRORS = ("ConnectionError", "OfflineModeIsEnabled", "LocalEntryNotFoundError", "ConnectError", "Timeout")
+
+
+def _is_network_error(e: BaseException) -> bool:
+    """Whether `e` (or what it wraps) is a failed connection: datasets, huggingface_hub, httpx and requests all
+    raise their own types, so they are recognised by name along the exception chain."""
+    seen = 0
+    while e is not None and seen < 5:
+        if isinstance(e, (ConnectionError, TimeoutError)) or any(n in type(e).__name__ for n in _NETWORK_ERRORS):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
+def _config_names(name: str) -> list[str] | None:
+    from datasets import get_dataset_config_names
+
+    try:
+        return list(get_dataset_config_names(name))
+    except Exception:  # the repo itself cannot be read: the caller reports the original error
+        return None
+
+
+def load_hub_dataset(name: str, config: str | None, cache_dir: str | None, offline_hint: str):
+    """`datasets.load_dataset(name, config)` (a hub id or a local folder in the hub's layout), with one-line errors
+    that name the real cause: a config the repo does not have (listing its configs), a repo that does not exist, or
+    a connection failure (only then `offline_hint`, e.g. "pass --train_file ...")."""
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(name, config, cache_dir=cache_dir)
+    except Exception as e:  # datasets raises ValueError, FileNotFoundError, DatasetNotFoundError, ConnectionError
+        if _is_network_error(e):
+            raise DataError(f"cannot reach the hub to load {name!r} ({_first_line(e)}): {offline_hint}") from None
+        configs = _config_names(name) if isinstance(e, ValueError) else None
+        if configs and config not in configs:
+            given = (
+                f"--dataset_config_name {config!r} is not" if config else "no --dataset_config_name given, and it is"
+            )
+            raise DataError(
+                f"{given} one of the configs of {name!r}: pass --dataset_config_name with one of {', '.join(configs)}"
+            ) from None
+        if isinstance(e, FileNotFoundError) or type(e).__name__ == "DatasetNotFoundError":
+            raise DataError(
+                f"dataset {name!r} is neither a local folder nor a hub dataset ({_first_line(e)}): check --dataset_name"
+            ) from None
+        raise DataError(f"cannot load dataset {name!r}: {_first_line(e)}") from None
+
+
+def pick_splits(hub, mapping: dict[str, str], name: str, required: tuple[str, ...] = ("train",)) -> dict:
+    """{our split: hub[their split]} for the splits present; a required one that is missing lists the splits."""
+    for ours in required:
+        if mapping.get(ours, ours) not in hub:
+            raise DataError(
+                f"dataset {name!r} has no {mapping.get(ours, ours)!r} split (it has {', '.join(hub)}): "
+                "pass a dataset or config with that split, or local files (--train_file / --data_dir)"
+            )
+    return {ours: hub[theirs] for ours, theirs in mapping.items() if theirs in hub}
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def require_columns(ds, columns, split: str, fix: str | None = None) -> None:
     missing = [c for c in columns if c and c not in ds.column_names]
     if missing:
+        fix = fix or "rename the column or pass --text_column / --text_pair_column / --label_column"
         raise DataError(
             f"the {split} split has no column {', '.join(map(repr, missing))} (it has {', '.join(ds.column_names)}): "
-            "rename the column or pass --text_column / --text_pair_column / --label_column"
+            + fix
         )
 
 
@@ -102,6 +168,8 @@ def carve_validation(splits: dict, percentage: float, seed: int, stratify_column
     except ValueError:  # too few examples of some class to stratify
         parts = train.train_test_split(test_size=n_val, seed=seed)
     out = dict(splits)
+    if "validation" in splits and "test" in splits:
+        logger.warning("the validation split is carved from train; the dataset's validation split is not used")
     if "validation" in splits and "test" not in splits:
         logger.warning("the validation split is carved from train; the dataset's validation split serves as test")
         out["test"] = splits["validation"]

@@ -3,8 +3,13 @@
 Columns and labels are those of the hub dataset (as in transformers' run_glue.py): a local file has the
 task's text columns below and a `label` column holding either the label id or its name (RTE's own
 tsv files say "entailment" / "not_entailment"). STS-B is a regression (num_labels = 1, scores 0-5).
-The hub's test splits carry no labels (-1) and are not evaluated; MNLI has matched and mismatched
-validation sets, reported as eval_accuracy and eval_accuracy_mm.
+
+The protocol, the same for all nine tasks: GLUE's dev set (the hub's `validation`, MNLI's
+`validation_matched` / `validation_mismatched`) is the set results are reported on, as in the paper and
+run_glue.py; the hub's test splits are never read (their labels are hidden, -1, except MRPC's, which
+would otherwise make MRPC the one task scored on another set). Without --validation_split_percentage the
+dev set is the validation split (eval_*); with it, the validation split is carved from train for
+model selection and the dev set becomes the test split (test_*, MNLI's mismatched test_*_mm).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import logging
 
 from rmlora.errors import DataError
 from rmlora.tasks.classification import SequenceClassificationTask
-from rmlora.tasks.data import load_local_splits
+from rmlora.tasks.data import load_hub_dataset, load_local_splits, pick_splits
 from rmlora.tasks.metrics import glue_metrics
 
 logger = logging.getLogger(__name__)
@@ -65,32 +70,22 @@ class GlueTask(SequenceClassificationTask):
         return self._load_hub()
 
     def _load_hub(self) -> dict:
-        from datasets import load_dataset
-
         d = self.data_args
         name = d.dataset_name or HUB_DATASET
-        try:
-            hub = load_dataset(name, d.dataset_config_name or self.name, cache_dir=self.model_args.cache_dir)
-        except Exception as e:
-            raise DataError(
-                f"cannot load GLUE {self.name} from {name!r} ({type(e).__name__}): without internet pass --train_file "
-                "and --validation_file in GLUE's columns"
-            ) from None
-        mapping = {"train": "train", "validation": "validation", "test": "test"}
+        hub = load_hub_dataset(
+            name,
+            d.dataset_config_name or self.name,
+            self.model_args.cache_dir,
+            "without internet pass --train_file and --validation_file in GLUE's columns",
+        )
+        mapping = {"train": "train", "validation": "validation"}
         if self.name == "mnli":
-            mapping = {
-                "train": "train",
-                "validation": "validation_matched",
-                "validation_mm": "validation_mismatched",
-                "test": "test_matched",
-                "test_mm": "test_mismatched",
-            }
-        splits = {ours: hub[theirs] for ours, theirs in mapping.items() if theirs in hub}
-        for split in [s for s in splits if s.startswith("test")]:
-            if all(label == -1 for label in splits[split][self.label_column][:100]):
-                logger.info("GLUE %s %s has no public labels: not evaluated", self.name, split)
-                del splits[split]
-        return splits
+            mapping = {"train": "train", "validation": "validation_matched", "validation_mm": "validation_mismatched"}
+        # the protocol (module docstring): GLUE's test splits are never used, labelled (MRPC) or not
+        skipped = [s for s in hub if s.startswith("test")]
+        if skipped:
+            logger.info("GLUE %s: %s not used (the dev set is the reported set)", self.name, ", ".join(skipped))
+        return pick_splits(hub, mapping, name, required=("train", "validation"))
 
     def compute_metrics(self, eval_pred) -> dict:
         return glue_metrics(self.name, self.predictions(eval_pred.predictions), eval_pred.label_ids)

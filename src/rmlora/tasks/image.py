@@ -22,7 +22,8 @@ import numpy as np
 
 from rmlora.errors import DataError
 from rmlora.tasks.base import Task
-from rmlora.tasks.data import check_file
+from rmlora.tasks.data import check_file, load_hub_dataset, pick_splits
+from rmlora.tasks.loading import from_pretrained_quietly
 
 logger = logging.getLogger(__name__)
 
@@ -139,16 +140,13 @@ class ImageClassificationTask(Task):
             return self._load_imagefolder(folder)
         if d.train_file:
             raise DataError("image data is a folder: pass --data_dir (imagefolder or IDX files), not --train_file")
-        from datasets import load_dataset
-
         name = d.dataset_name or HUB_DATASETS.get(self.name)
         if not name:
             raise DataError("the image task needs --data_dir (imagefolder or IDX files) or --dataset_name")
-        try:
-            hub = load_dataset(name, d.dataset_config_name, cache_dir=self.model_args.cache_dir)
-        except Exception as e:
-            raise DataError(f"cannot load {name!r} ({type(e).__name__}): without internet pass --data_dir") from None
-        return {k: hub[k] for k in ("train", "validation", "test") if k in hub}
+        hub = load_hub_dataset(
+            name, d.dataset_config_name, self.model_args.cache_dir, "without internet pass --data_dir"
+        )
+        return pick_splits(hub, {"train": "train", "validation": "validation", "test": "test"}, name)
 
     def _load_imagefolder(self, folder: str) -> dict:
         from datasets import load_dataset
@@ -220,7 +218,8 @@ class ImageClassificationTask(Task):
                     processor.crop_size = {"height": side, "width": side}
             else:
                 processor.size = {"height": side, "width": side}
-        model = AutoModelForImageClassification.from_pretrained(
+        model = from_pretrained_quietly(
+            AutoModelForImageClassification,
             self.model_args.model_name_or_path,
             num_labels=len(self.label_list),
             id2label=dict(enumerate(self.label_list)),

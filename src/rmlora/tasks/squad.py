@@ -22,10 +22,12 @@ import numpy as np
 
 from rmlora.errors import ConfigError, DataError
 from rmlora.tasks.base import Task, ensure_pad_token
-from rmlora.tasks.data import check_file, seeded_subset
+from rmlora.tasks.data import check_file, load_hub_dataset, pick_splits, require_columns, seeded_subset
+from rmlora.tasks.loading import from_pretrained_quietly, load_tokenizer
 from rmlora.tasks.metrics import squad_metrics
 
 HUB_DATASET = "rajpurkar/squad"
+SQUAD_COLUMNS = ("id", "context", "question", "answers")
 
 
 def read_squad_json(path: str, what: str = "train file"):
@@ -124,16 +126,13 @@ class QuestionAnsweringTask(Task):
             if d.test_file:
                 splits["test"] = read_squad_json(d.test_file, "test file")
             return splits
-        from datasets import load_dataset
-
         name = d.dataset_name or HUB_DATASET
-        try:
-            hub = load_dataset(name, d.dataset_config_name, cache_dir=self.model_args.cache_dir)
-        except Exception as e:
-            raise DataError(
-                f"cannot load {name!r} ({type(e).__name__}): without internet pass --train_file and --validation_file (SQuAD v1.1 JSON)"
-            ) from None
-        return {k: hub[k] for k in ("train", "validation", "test") if k in hub}
+        hint = "without internet pass --train_file and --validation_file (SQuAD v1.1 JSON)"
+        hub = load_hub_dataset(name, d.dataset_config_name, self.model_args.cache_dir, hint)
+        splits = pick_splits(hub, {"train": "train", "validation": "validation", "test": "test"}, name)
+        for split, ds in splits.items():
+            require_columns(ds, SQUAD_COLUMNS, split, "SQuAD needs them (rajpurkar/squad's columns)")
+        return splits
 
     @property
     def num_labels(self) -> int:
@@ -143,17 +142,15 @@ class QuestionAnsweringTask(Task):
         return None if self.placement == "head" else "QUESTION_ANS"
 
     def _load_pretrained(self):
-        from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+        from transformers import AutoModelForQuestionAnswering
 
         kwargs = self.from_pretrained_kwargs()
-        tokenizer = AutoTokenizer.from_pretrained(
-            self.model_args.tokenizer_name or self.model_args.model_name_or_path, **kwargs
-        )
+        tokenizer = load_tokenizer(self.model_args.tokenizer_name or self.model_args.model_name_or_path, **kwargs)
         if not getattr(tokenizer, "is_fast", False):
             raise ConfigError(
                 "SQuAD needs a fast tokenizer (offset mappings): pass a model or --tokenizer_name with tokenizer.json"
             )
-        model = AutoModelForQuestionAnswering.from_pretrained(self.model_args.model_name_or_path, **kwargs)
+        model = from_pretrained_quietly(AutoModelForQuestionAnswering, self.model_args.model_name_or_path, **kwargs)
         ensure_pad_token(tokenizer, model)
         self.processing_class = tokenizer
         return model
@@ -176,9 +173,12 @@ class QuestionAnsweringTask(Task):
                 return_offsets_mapping=True,
                 padding="max_length",
             )
-        except Exception as e:  # the tokenizer refuses a stride too large for question + context budget
+        except BaseException as e:  # noqa: B036 - the tokenizers' Rust panic is a BaseException (pyo3 PanicException)
+            if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
+                raise  # KeyboardInterrupt, SystemExit
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise DataError(
-                f"cannot cut contexts into features ({e}): lower --doc_stride or raise --max_seq_length"
+                f"cannot cut contexts into features ({first}): lower --doc_stride or raise --max_seq_length"
             ) from None
         sample_map = enc.pop("overflow_to_sample_mapping")
         offsets_all = enc.pop("offset_mapping")
@@ -215,9 +215,34 @@ class QuestionAnsweringTask(Task):
                 )
         return enc
 
+    def check_lengths(self, ds, split: str) -> None:
+        """The longest question must leave the context more than --doc_stride tokens of --max_seq_length.
+
+        Otherwise the tokenizers library panics while cutting features (`stride` must be less than the room
+        left for the context); checked here, before tokenizing, to name the example and the flag to change.
+        """
+        tokenizer = self.processing_class
+        questions = [q.lstrip() for q in ds["question"]]
+        if not questions:
+            return
+        lengths = [len(ids) for ids in tokenizer(questions, add_special_tokens=False)["input_ids"]]
+        i = int(np.argmax(lengths))
+        longest, specials = lengths[i], tokenizer.num_special_tokens_to_add(pair=True)
+        max_len, stride = self.data_args.max_seq_length, self.doc_stride
+        room = max_len - specials - longest  # tokens left for the context in each feature
+        if room > stride:
+            return
+        lower = f" or lower --doc_stride below {room}" if room > 0 else ""
+        raise DataError(
+            f"question {ds['id'][i]!r} of the {split} split is {longest} tokens long: with {specials} special tokens "
+            f"it leaves {room} of --max_seq_length {max_len} for the context, not more than --doc_stride {stride}: "
+            f"raise --max_seq_length to at least {longest + specials + stride + 1}{lower}"
+        )
+
     def _prepare(self, ds, split: str):
         from transformers import default_data_collator
 
+        self.check_lengths(ds, split)
         self.data_collator = default_data_collator
         keep_offsets = split != "train"
         if keep_offsets:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from rmlora.errors import DataError
 from rmlora.tasks.classification import SequenceClassificationTask
-from rmlora.tasks.data import load_local_splits
+from rmlora.tasks.data import load_hub_dataset, load_local_splits, pick_splits
 
 
 class TextClassificationTask(SequenceClassificationTask):
@@ -21,13 +21,7 @@ class TextClassificationTask(SequenceClassificationTask):
         if d.train_file:
             return load_local_splits(d)
         if d.dataset_name:
-            from datasets import load_dataset
-
-            try:
-                hub = load_dataset(d.dataset_name, d.dataset_config_name, cache_dir=self.model_args.cache_dir)
-            except Exception as e:
-                raise DataError(
-                    f"cannot load dataset {d.dataset_name!r} ({type(e).__name__}): pass --train_file instead"
-                ) from None
-            return {k: hub[k] for k in ("train", "validation", "test") if k in hub}
+            hint = "without internet pass --train_file"
+            hub = load_hub_dataset(d.dataset_name, d.dataset_config_name, self.model_args.cache_dir, hint)
+            return pick_splits(hub, {"train": "train", "validation": "validation", "test": "test"}, d.dataset_name)
         raise DataError("the text task needs --train_file (csv, tsv, json or parquet) or --dataset_name")

@@ -64,6 +64,10 @@ class RMLoraTrainer(Trainer):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        if self.args.dataloader_pin_memory and not torch.accelerator.is_available():
+            # torch pins nothing without an accelerator and warns so at every DataLoader iterator (each epoch's
+            # train and eval loops); the setting has no effect there, so it is turned off instead of warned about
+            self.args.dataloader_pin_memory = False
         if nonfinite_loss not in ("raise", "skip"):
             raise ConfigError(f"nonfinite_loss must be 'raise' or 'skip', got {nonfinite_loss!r}")
         self.rmlora = build_training_method(self.model, rmlora_config, **(method_settings or {}))
