@@ -222,10 +222,10 @@ def test_strict_mode_with_a_pair_that_got_no_gradient():
     assert all(torch.equal(v, state_before[k]) for k, v in opt.state[skipped].items())
 
 
-# -- penalty: closed form with foreach vs autograd of a per-pair loop ---------------------------------------------------
+# -- penalty: closed form with foreach vs autograd of a per-pair loop ------------------------------------------------
 def test_closed_form_penalty_gradient_adds_to_existing_gradients():
     model = multi_group_model()
-    rm = RMLora(model, RMLoraConfig(method="r-lora", reg_weight=0.3))
+    rm = RMLora(model, RMLoraConfig(method="r-lora", reg_weight=0.3, reg_reduction="sum"))
     params = [p for pair in rm.pairs for p in (pair.A, pair.B)]
     loop = sum(
         ((pair.A @ pair.A.T - torch.eye(pair.rank)) ** 2).sum()
@@ -242,7 +242,7 @@ def test_closed_form_penalty_gradient_adds_to_existing_gradients():
         torch.testing.assert_close(p.grad, expected, rtol=1e-5, atol=1e-6)
 
 
-# -- GM-LoRA: selected directions only vs autograd + masking -------------------------------------------------------------
+# -- GM-LoRA: selected directions only vs autograd + masking ----------------------------------------------------------
 @pytest.mark.parametrize("leading", [(24,), (3, 8)])
 def test_selective_lora_backward_matches_autograd_then_masking(leading):
     g = torch.Generator().manual_seed(0)
@@ -266,7 +266,7 @@ def test_selective_lora_backward_matches_autograd_then_masking(leading):
     assert torch.all(gA[~keep] == 0) and torch.all(gB[:, ~keep] == 0)
 
 
-# -- CPU peak memory against allocations of known size ------------------------------------------------------------------
+# -- CPU peak memory against allocations of known size ---------------------------------------------------------------
 def test_cpu_peak_extra_bytes_sees_the_largest_live_set():
     mib = 2**20
 

@@ -3,10 +3,17 @@ import pytest
 from rmlora import ConfigError, RMLoraConfig
 
 
-def test_defaults_follow_the_paper():
+def test_defaults_follow_the_paper_except_the_normalized_reduction():
     c = RMLoraConfig()
-    assert (c.method, c.reg_form, c.reg_reduction, c.mask_sampling) == ("rm-lora", "squared", "sum", "shared")
-    assert c.mask_first_step and c.mask_before_clipping
+    assert (c.method, c.reg_form, c.reg_reduction, c.mask_sampling) == ("rm-lora", "squared", "normalized", "shared")
+    assert c.mask_first_step and c.mask_before_clipping and c.reg_weight == 0.1
+
+
+def test_paper_preset_is_eq10_summed():
+    c = RMLoraConfig.paper()
+    assert (c.reg_form, c.reg_reduction, c.mask_sampling, c.mask_mode) == ("squared", "sum", "shared", "strict")
+    assert RMLoraConfig.paper(reg_weight=1e-3, reg_reduction="mean").reg_reduction == "mean"
+    assert RMLoraConfig(reg_form="frd").reg_form == "frd"
 
 
 def test_released_code_preset():

@@ -1,18 +1,25 @@
 """RM-LoRA settings: one dataclass, validated on construction.
 
-The defaults follow the paper's text (Eq. 10 and Algorithm 1). `RMLoraConfig.released_code()` gives the
-behaviour of the authors' released GLUE code instead (REFERENCE.md §2). The two differ in:
+The defaults follow the paper's method (Eq. 10's penalty, Algorithm 1's masking) except for how the penalty is
+reduced over the LoRA matrices: by default each matrix's term is divided by its value for a zero matrix and the
+terms are averaged (`reg_reduction="normalized"`), so that λ means the same whatever R, the number of adapted
+layers and their widths (docs/THEORY.md, "The weight of the penalty"). `RMLoraConfig.paper()` gives Eq. 10's
+exact sum, `RMLoraConfig.released_code()` the behaviour of the authors' released GLUE code (REFERENCE.md §2):
 
-| field                | paper (default)                 | released code                        |
-|----------------------|---------------------------------|--------------------------------------|
-| reg_form             | "squared" ‖AAᵀ−I‖²_F (Eq. 10)   | "frobenius" ‖AAᵀ−I‖_F (non-squared)  |
-| reg_reduction        | "sum" over all pairs            | "mean" over all A and B matrices     |
-| reg_weight           | 0.1 (the paper gives none)      | 0.1 (`reg_orth_coef`)                |
-| mask_sampling        | "shared" (Algorithm 1)          | "independent" ("v2", GLUE script)    |
-| mask_mode            | "strict" (only R_t is updated)  | "grad" (`.grad *= mask`, AdamW still |
-|                      |                                 |  moves masked rows)                  |
-| mask_first_step      | True (every step is masked)     | False (global step 0 unmasked)       |
-| mask_before_clipping | True (clip the masked gradient) | False (clip norm of unmasked grads)  |
+| field                | default                         | paper()          | released_code()                      |
+|----------------------|---------------------------------|------------------|--------------------------------------|
+| reg_form             | "squared" ‖AAᵀ−I‖²_F (Eq. 10)   | "squared"        | "frobenius" ‖AAᵀ−I‖_F (non-squared)  |
+| reg_reduction        | "normalized" (mean of term/R)   | "sum" (Eq. 10)   | "mean" over all A and B matrices     |
+| reg_weight           | 0.1 (placeholder, see below)    | 0.1 (none given) | 0.1 (`reg_orth_coef`)                |
+| mask_sampling        | "shared" (Algorithm 1)          | "shared"         | "independent" ("v2", GLUE script)    |
+| mask_mode            | "strict" (only R_t is updated)  | "strict"         | "grad" (`.grad *= mask`, AdamW still |
+|                      |                                 |                  |  moves masked rows)                  |
+| mask_first_step      | True (every step is masked)     | True             | False (global step 0 unmasked)       |
+| mask_before_clipping | True (clip the masked gradient) | True             | False (clip norm of unmasked grads)  |
+
+The default λ = 0.1 puts the initial normalized penalty at ≈ 0.07, about a tenth of a cross-entropy of order 1;
+it is a principled placeholder, not yet validated on tasks. Under `paper()`'s sum the same λ weighs
+2·(#pairs)·R times more (about 40× the cross-entropy on MiniLM-L6 at R = 8): choose λ there by hand.
 
 The released code's defect of freezing every non-LoRA parameter (the classifier head) is not reproduced
 by either setting: only LoRA matrices are ever masked.
@@ -30,8 +37,8 @@ from rmlora.errors import ConfigError
 LORA_METHODS = ("lora", "r-lora", "gm-lora", "rm-lora")
 BASELINE_METHODS = ("full", "adalora", "sora")
 METHODS = ("full", "lora", "adalora", "sora", "r-lora", "gm-lora", "rm-lora")  # the paper's order
-REG_FORMS = ("squared", "frobenius")
-REG_REDUCTIONS = ("sum", "mean")
+REG_FORMS = ("squared", "frobenius", "frd")
+REG_REDUCTIONS = ("normalized", "sum", "mean")
 MASK_SAMPLINGS = ("shared", "independent")
 MASK_MODES = ("grad", "strict")
 
@@ -63,16 +70,31 @@ class RMLoraConfig:
             "meaning that fraction of each module's R, rounded, at least 1."
         },
     )
-    reg_weight: float = field(default=0.1, metadata={"help": "λ, the weight of the penalty in the loss (≥ 0)."})
+    reg_weight: float = field(
+        default=0.1,
+        metadata={
+            "help": "λ, the weight of the penalty in the loss (≥ 0). With the default normalized reduction the "
+            "penalty starts at ≈ 0.72 for PEFT's default init, so λ = 0.1 adds ≈ 0.07 to the loss whatever R and the "
+            "number of adapted layers (a placeholder, not yet validated on tasks); with reg_reduction=sum (Eq. 10) "
+            "divide λ by about 2·#pairs·R for the same weight."
+        },
+    )
     reg_form: str = field(
         default="squared",
         metadata={
-            "help": "squared: ‖AAᵀ−I‖²_F + ‖BᵀB−I‖²_F (Eq. 10); frobenius: the released code's non-squared norms."
+            "help": "squared: ‖AAᵀ−I‖²_F + ‖BᵀB−I‖²_F (Eq. 10); frobenius: the released code's non-squared norms; "
+            "frd: the released code's scale-invariant variant, mean |cosine similarity| between distinct rows of A "
+            "(columns of B)."
         },
     )
     reg_reduction: str = field(
-        default="sum",
-        metadata={"help": "sum over all LoRA pairs (Eq. 10), or mean over all A and B matrices (released code)."},
+        default="normalized",
+        metadata={
+            "help": "normalized: each A and B term divided by that of a zero matrix of its rank (R squared, √R "
+            "frobenius, 1 frd) and averaged over all A and B matrices, i.e. for squared the mean over every "
+            "direction of (σ²−1)², so λ does not depend on R, the number of layers or their widths; sum: summed "
+            "over all LoRA pairs (Eq. 10); mean: averaged over all A and B matrices (released code)."
+        },
     )
     mask_sampling: str = field(
         default="shared",
@@ -111,7 +133,8 @@ class RMLoraConfig:
         if isinstance(self.r_hat, float):
             if not (0.0 < self.r_hat <= 1.0) or math.isnan(self.r_hat):
                 raise ConfigError(
-                    f"fractional r_hat must lie in (0, 1], got {self.r_hat}: pass an int for a fixed number of directions"
+                    f"fractional r_hat must lie in (0, 1], got {self.r_hat}: "
+                    "pass an int for a fixed number of directions"
                 )
         elif self.r_hat < 1:
             raise ConfigError(f"r_hat must be at least 1, got {self.r_hat}")
@@ -148,8 +171,14 @@ class RMLoraConfig:
     # -- presets ------------------------------------------------------------------------------------
     @classmethod
     def paper(cls, **overrides) -> RMLoraConfig:
-        """The paper's text: Eq. 10 summed, Algorithm 1's shared directions, every step masked (the defaults)."""
-        return cls(**overrides)
+        """The paper's text: Eq. 10 summed over pairs, Algorithm 1's shared directions, every step masked.
+
+        The paper gives no λ: the default 0.1 is kept, but under the sum it weighs 2·#pairs·R times more than under
+        the default normalized reduction, so pass a smaller reg_weight (module docstring).
+        """
+        values = dict(reg_form="squared", reg_reduction="sum")
+        values.update(overrides)
+        return cls(**values)
 
     @classmethod
     def released_code(cls, **overrides) -> RMLoraConfig:
