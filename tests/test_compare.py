@@ -11,10 +11,11 @@ import os
 
 import pytest
 
-import rmlora.harness.compare as compare_mod
+import rmlora.harness.sweep as sweep_mod
 from rmlora.cli.main import main as rmlora_main
 from rmlora.errors import ConfigError, DataError
-from rmlora.harness.compare import Cell, Sweep, build_grid, cell_args, cell_ranks, flag_map, parse_overrides
+from rmlora.harness.grid import Cell, build_grid, cell_args, cell_ranks, flag_map, parse_overrides
+from rmlora.harness.sweep import Sweep
 from rmlora.io.atomic import write_json
 from rmlora.io.run_files import append_result, read_results
 
@@ -256,7 +257,7 @@ with open(os.path.join(flags["output_dir"], "metrics.json"), "w") as f:
 def test_isolated_cells_run_as_subprocesses_with_their_own_log(tmp_path, monkeypatch):
     import sys
 
-    monkeypatch.setattr(compare_mod, "train_command", lambda argv: [sys.executable, "-c", FAKE_TRAIN_SCRIPT, *argv])
+    monkeypatch.setattr(sweep_mod, "train_command", lambda argv: [sys.executable, "-c", FAKE_TRAIN_SCRIPT, *argv])
     out = str(tmp_path)
     cells = build_grid(["lora"], [4], [0, 1])
     result = Sweep(out, cells, COMMON, isolate=True, progress=False).run()
@@ -270,10 +271,11 @@ def test_isolated_cells_run_as_subprocesses_with_their_own_log(tmp_path, monkeyp
 
 SIGTERM_PARENT_SCRIPT = """
 import os, sys
-import rmlora.harness.compare as compare_mod
-from rmlora.harness.compare import Sweep, build_grid
+import rmlora.harness.sweep as sweep_mod
+from rmlora.harness.grid import build_grid
+from rmlora.harness.sweep import Sweep
 child = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)"
-compare_mod.train_command = lambda argv: [sys.executable, "-c", child, sys.argv[2]]
+sweep_mod.train_command = lambda argv: [sys.executable, "-c", child, sys.argv[2]]
 Sweep(sys.argv[1], build_grid(["lora"], [4], [0]), ["--model_name_or_path", "tiny", "--task_name", "rte"],
       isolate=True, progress=False).run()
 """
@@ -398,7 +400,7 @@ def test_cli_bad_input_is_one_line_and_status_2(tmp_path, capsys):
 
 def test_cli_compare_then_report_rebuilds_from_results(tmp_path, monkeypatch, capsys):
     fake = FakeTrain()
-    monkeypatch.setattr(compare_mod, "_train_in_process", fake)
+    monkeypatch.setattr(sweep_mod, "_train_in_process", fake)
     out = str(tmp_path)
     rc = rmlora_main(
         [
@@ -517,7 +519,7 @@ def test_tiny_end_to_end_grid(tmp_path, monkeypatch, closed_figures):
     def no_training(argv):
         raise AssertionError("a finished cell was trained again")
 
-    monkeypatch.setattr(compare_mod, "_train_in_process", no_training)
+    monkeypatch.setattr(sweep_mod, "_train_in_process", no_training)
     assert rmlora_main(argv) == 0
     assert len(read_results(os.path.join(out, "results.jsonl")).records) == 4
     assert elapsed < 120  # 4 tiny runs: about 2 s each on one CPU thread; a guard against a runaway sweep

@@ -10,8 +10,8 @@ from transformers import TrainerControl, TrainerState, TrainingArguments
 from helpers import FIXTURES, read_jsonl, run_train, save_text_model, tmp_env
 from rmlora.cli import demo
 from rmlora.cli.main import main
-from rmlora.cli.train import num_training_steps, parse_args, rmlora_config
 from rmlora.errors import ConfigError
+from rmlora.harness.arguments import num_training_steps, parse_args, rmlora_config
 from rmlora.training.history import HistoryCallback
 
 TWEETS = os.path.join(FIXTURES, "text", "tweets.csv")

@@ -13,7 +13,9 @@ import sys
 
 from rmlora.config import METHODS
 from rmlora.errors import ConfigError
-from rmlora.harness.compare import RUNS_DIR, Sweep, build_grid, flag_map, parse_overrides
+from rmlora.harness.grid import build_grid, flag_map, parse_overrides
+from rmlora.harness.sweep import Sweep
+from rmlora.io.run_files import RUNS_DIR
 
 HELP = "train methods × ranks × seeds with `rmlora train` (resumable), then write report.md and figures"
 

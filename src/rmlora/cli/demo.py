@@ -209,9 +209,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the subset, the initialisation and the masks")
     a = parser.parse_args(argv)
 
-    from rmlora.cli import train as train_cmd
+    from rmlora.harness.arguments import parse_args
     from rmlora.harness.plots.curves import plot_curves
-    from rmlora.training.history import read_history
+    from rmlora.harness.run import run_training
+    from rmlora.io.run_files import read_history
 
     start = time.time()
     model_dir, tweets = demo_assets()
@@ -229,7 +230,7 @@ def main(argv: list[str]) -> int:
         run_dir = os.path.join(a.output_dir, method)
         t0 = time.time()
         print(f"[demo] training {method} ...", flush=True)
-        record = train_cmd.train(*train_cmd.parse_args(train_args(model_dir, train_csv, test_csv, run_dir, method, a)))
+        record = run_training(*parse_args(train_args(model_dir, train_csv, test_csv, run_dir, method, a)))
         m, d = record["metrics"], record["diagnostics"] or {}
         label = LABELS.get(method, method)
         histories[label] = read_history(run_dir)

@@ -22,10 +22,17 @@ from dataclasses import dataclass, field
 from rmlora.errors import DataError
 from rmlora.io.atomic import write_text
 
-RESULTS_NAME = "results.jsonl"
-METRICS_NAME = "metrics.json"
-HISTORY_NAME = "history.jsonl"
-DIAGNOSTICS_NAME = "diagnostics.json"
+# a run's folder (`rmlora train --output_dir`)
+METRICS_NAME = "metrics.json"  # written last and atomically: exists only for a run that finished
+HISTORY_NAME = "history.jsonl"  # one record per epoch (rmlora.training.history)
+DIAGNOSTICS_NAME = "diagnostics.json"  # ΔW rank, orthogonality loss and singular values per module
+# a comparison's folder (`rmlora compare --output_dir`)
+RESULTS_NAME = "results.jsonl"  # one line per finished cell
+RUNS_DIR = "runs"  # runs/<cell>/ is the run folder of a cell
+CELL_NAME = "cell.json"  # in runs/<cell>/: the cell and its train flags, written before it trains
+TRAIN_LOG_NAME = "train.log"  # in runs/<cell>/: the output of an isolated cell's process
+REPORT_NAME = "report.md"
+FIGURES_DIR = "figures"
 
 REQUIRED_KEYS = ("cell", "method", "seed", "metrics")
 

@@ -1,33 +1,34 @@
-"""The grid runner: every (method, rank, seed) cell trained by `rmlora train`, resumable.
+"""The sweep: every cell of a grid trained once, resumable, in this process or one process per cell.
 
-Layout of a comparison folder:
+Layout of a comparison folder (file names: rmlora.io.run_files):
 
-    OUTPUT_DIR/runs/<cell>/      `rmlora train --output_dir` of the cell (metrics.json, history.jsonl, ...)
+    OUTPUT_DIR/runs/<cell>/      the run folder of the cell (metrics.json, history.jsonl, cell.json, ...)
     OUTPUT_DIR/results.jsonl     one line per finished cell, appended when it finishes
     OUTPUT_DIR/report.md, figures/   rebuilt from the two above (rmlora.harness.report)
 
-A cell is named `<method>_r<R>_s<seed>` (`full_s<seed>` for full fine-tuning, which has no rank).
 Resume rule, cell by cell:
 - a results line exists: finished, skipped;
-- runs/<cell>/metrics.json exists (written atomically, last by `rmlora train`): the run finished but
-  the sweep was killed before appending its line: the line is appended now, nothing is retrained;
+- runs/<cell>/metrics.json exists (written atomically, last by the run): the run finished but the sweep
+  was killed before appending its line: the line is appended now, nothing is retrained;
 - runs/<cell>/ exists otherwise: an interrupted run; it is deleted and trained again;
 - else the cell is trained.
 Each cell's `rmlora train` flags are kept (runs/<cell>/cell.json, and `train_args` in its results
 line); resuming a folder with different flags for a finished cell is refused, so one results.jsonl
 never mixes settings.
 
-Cells run in-process by default: importing torch and transformers once instead of once per cell
-saves seconds per cell (most of a tiny run's time) and lets the Trainer's own progress bar sit under
-the sweep's. `isolate=True` runs each cell as a subprocess instead, for long sweeps where a crash, an
-out-of-memory kill or leaked accelerator memory in one cell must not take the next cells with it; its
-output then goes to runs/<cell>/train.log and the bar shows the epochs done.
+Cells run in-process by default (rmlora.harness.run.run_training): importing torch and transformers once
+instead of once per cell saves seconds per cell (most of a tiny run's time) and lets the Trainer's own
+progress bar sit under the sweep's. `isolate=True` runs each cell as a `rmlora train` subprocess instead,
+for long sweeps where a crash, an out-of-memory kill or leaked accelerator memory in one cell must not
+take the next cells with it; its output then goes to runs/<cell>/train.log and the bar shows the epochs
+done.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import os
 import shutil
 import signal
@@ -37,143 +38,33 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from rmlora.config import METHODS
+import torch
+from tqdm.auto import tqdm
+
 from rmlora.errors import ConfigError, DataError, RMLoraError
+from rmlora.harness.arguments import parse_args
+from rmlora.harness.grid import (
+    INIT_RANK_FACTOR,
+    Cell,
+    cell_args,
+    cell_ranks,
+    check_train_args,
+    flag_differences,
+    flag_map,
+)
+from rmlora.harness.run import run_summary, run_training
 from rmlora.io.atomic import write_json
-from rmlora.io.run_files import HISTORY_NAME, METRICS_NAME, RESULTS_NAME, append_result, read_json, read_results
-
-RUNS_DIR = "runs"
-CELL_NAME = "cell.json"
-# flags the grid sets per cell; passing them to the sweep itself is a mistake worth a clear message
-GRID_FLAGS = {
-    "method": "--methods",
-    "lora_r": "--ranks",
-    "adalora_target_r": "--ranks",
-    "seed": "--seeds",
-    "output_dir": "--output_dir",
-}
-# The paper compares at the same *inference* budget: in the block of rank R of Tables 1–3, AdaLoRA starts
-# at 2R and prunes to R (Table 2: "AdaLoRA 8 4" under R = 4), and SoRA trains 2R gated directions and
-# prunes by threshold (Table 3: "SoRA 32 32" under R = 16). --init_rank_factor changes the 2.
-INIT_RANK_FACTOR = 2
-
-
-@dataclass(frozen=True)
-class Cell:
-    method: str
-    rank: int | None  # None for full fine-tuning
-    seed: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.method}_s{self.seed}" if self.rank is None else f"{self.method}_r{self.rank}_s{self.seed}"
-
-
-def build_grid(methods: Sequence[str], ranks: Sequence[int], seeds: Sequence[int]) -> list[Cell]:
-    """Cells seed by seed, so an interrupted sweep has whole comparisons for its first seeds."""
-    for m in methods:
-        if m not in METHODS:
-            raise ConfigError(f"unknown method {m!r} in --methods: choose from {', '.join(METHODS)}")
-    for r in ranks:
-        if int(r) < 1:
-            raise ConfigError(f"--ranks must be at least 1, got {r}")
-    if not methods or not seeds or (not ranks and any(m != "full" for m in methods)):
-        raise ConfigError("the grid is empty: give at least one method (--methods), rank (--ranks) and seed (--seeds)")
-    cells: list[Cell] = []
-    for seed in dict.fromkeys(int(s) for s in seeds):
-        for method in dict.fromkeys(methods):
-            for rank in [None] if method == "full" else dict.fromkeys(int(r) for r in ranks):
-                cells.append(Cell(method, rank, seed))
-    return cells
-
-
-def parse_overrides(specs: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
-    """`METHOD:FLAG=VALUE` (e.g. `full:learning_rate=1e-5`) -> {method: [(flag, value), ...]}."""
-    out: dict[str, list[tuple[str, str]]] = {}
-    for spec in specs:
-        method, sep, rest = spec.partition(":")
-        key, eq, value = rest.partition("=")
-        key = key.strip().lstrip("-")
-        if not sep or not eq or not key:
-            raise ConfigError(f"--override {spec!r} is not METHOD:FLAG=VALUE (e.g. full:learning_rate=1e-5)")
-        if method not in METHODS:
-            raise ConfigError(f"--override {spec!r}: unknown method {method!r}; choose from {', '.join(METHODS)}")
-        if key in GRID_FLAGS:
-            raise ConfigError(f"--override {spec!r}: {key} is set by the grid, use {GRID_FLAGS[key]}")
-        out.setdefault(method, []).append((key, value))
-    return out
-
-
-def check_train_args(args: Sequence[str]) -> None:
-    for token in args:
-        if token.startswith("--"):
-            key = token[2:].split("=", 1)[0]
-            if key in GRID_FLAGS:
-                raise ConfigError(f"--{key} is set per cell by the grid: use {GRID_FLAGS[key]} instead")
-
-
-def cell_args(
-    cell: Cell,
-    common: Sequence[str],
-    overrides: dict[str, list[tuple[str, str]]],
-    init_rank_factor: int = INIT_RANK_FACTOR,
-) -> list[str]:
-    """The cell's `rmlora train` flags, without --output_dir.
-
-    argparse keeps the last value of a repeated flag, so the order is the precedence: AdaLoRA's default
-    init rank, then the common flags (which may set it), then the grid's own flags, then the overrides
-    (`full:learning_rate=1e-5` wins over a common --learning_rate).
-    """
-    rank, defaults, grid = cell.rank, [], ["--method", cell.method, "--seed", str(cell.seed)]
-    if cell.method == "adalora":
-        defaults = ["--adalora_init_r", str(init_rank_factor * rank)]
-        grid += ["--lora_r", str(rank), "--adalora_target_r", str(rank)]
-    elif cell.method == "sora":
-        grid += ["--lora_r", str(init_rank_factor * rank)]
-    elif rank is not None:
-        grid += ["--lora_r", str(rank)]
-    args = defaults + list(common) + grid
-    for key, value in overrides.get(cell.method, []):
-        args += [f"--{key}", value]
-    return args
-
-
-def cell_ranks(method: str, args: Sequence[str]) -> dict | None:
-    """ "# T / I rank" of a cell from its train flags: the rank trained and the rank kept at inference
-    (AdaLoRA: init_r and target_r; SoRA: its gated rank, pruned per module, as the paper's tables list it)."""
-    flags = flag_map(args)
-    last = lambda key: int(flags[key][-1]) if flags.get(key) else None  # noqa: E731
-    if method == "full":
-        return None
-    if method == "adalora":
-        return {"trainable": last("adalora_init_r"), "inference": last("adalora_target_r")}
-    return {"trainable": last("lora_r"), "inference": last("lora_r")}
-
-
-def flag_map(args: Sequence[str]) -> dict[str, tuple[str, ...]]:
-    """{flag: values} of an argv, last occurrence winning: two argvs that parse alike compare equal."""
-    out: dict[str, tuple[str, ...]] = {}
-    key = None
-    for token in args:
-        if token.startswith("--"):
-            key, eq, value = token[2:].partition("=")
-            out[key] = (value,) if eq else ()
-        elif key is not None:
-            out[key] = out[key] + (token,)
-    return out
-
-
-def _differences(old: Sequence[str], new: Sequence[str]) -> str:
-    a, b = flag_map(old), flag_map(new)
-    diffs = []
-    for k in sorted(set(a) | set(b)):
-        if a.get(k) != b.get(k):
-            show = lambda v: "unset" if v is None else " ".join(v) or "set"  # noqa: E731
-            diffs.append(f"--{k} {show(a.get(k))} → {show(b.get(k))}")
-    return "; ".join(diffs)
-
-
-# -- the sweep ----------------------------------------------------------------------------------------
+from rmlora.io.run_files import (
+    CELL_NAME,
+    HISTORY_NAME,
+    METRICS_NAME,
+    RESULTS_NAME,
+    RUNS_DIR,
+    TRAIN_LOG_NAME,
+    append_result,
+    read_json,
+    read_results,
+)
 
 
 @dataclass
@@ -193,9 +84,11 @@ def train_command(argv: list[str]) -> list[str]:
 
 
 def _train_in_process(argv: list[str]) -> int:
-    from rmlora.cli.train import main
-
-    return int(main(argv) or 0)
+    """One cell in this process, printing what `rmlora train` prints."""
+    args = parse_args(argv)
+    record = run_training(*args)
+    print(json.dumps(run_summary(record, args[-1].output_dir), indent=1, default=str))
+    return 0
 
 
 class Sweep:
@@ -236,8 +129,6 @@ class Sweep:
     def validate(self) -> None:
         """Parse every cell's flags with `rmlora train`'s own parser, training nothing: a typo or a bad value
         (an unknown flag, AdaLoRA's init_r ≤ target_r) stops the sweep before its first cell, not hours in."""
-        from rmlora.cli.train import parse_args
-
         for cell in self.cells:
             try:
                 parse_args(self.args(cell) + ["--output_dir", self.run_dir(cell)])
@@ -268,8 +159,9 @@ class Sweep:
         if recorded is None:
             return
         if flag_map(recorded) != flag_map(self.args(cell)):
+            changed = flag_differences(recorded, self.args(cell))
             raise ConfigError(
-                f"cell {cell.name} in {self.output_dir} finished with other flags ({_differences(recorded, self.args(cell))}): "
+                f"cell {cell.name} in {self.output_dir} finished with other flags ({changed}): "
                 f"use a new --output_dir, or delete runs/{cell.name} and its line in {RESULTS_NAME} to retrain it"
             )
 
@@ -371,7 +263,7 @@ class Sweep:
     def _subprocess(self, cell: Cell, argv: list[str], bar) -> int:
         command = train_command(argv)
         history = os.path.join(self.run_dir(cell), HISTORY_NAME)
-        with open(os.path.join(self.run_dir(cell), "train.log"), "w", encoding="utf-8") as log, _sigterm_unwinds():
+        with open(os.path.join(self.run_dir(cell), TRAIN_LOG_NAME), "w", encoding="utf-8") as log, _sigterm_unwinds():
             proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
             try:
                 while True:
@@ -416,8 +308,6 @@ def _count_lines(path: str) -> int:
 
 
 def _empty_accelerator_cache() -> None:
-    import torch
-
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
@@ -439,7 +329,5 @@ class _NoBar:
 def _progress_bar(total: int, done: int, enabled: bool = True):
     if not enabled:
         return _NoBar()
-    from tqdm.auto import tqdm
-
     # position 0: the Trainer's own bar for the current run takes the next free line below it
     return tqdm(total=total, initial=done, desc="cells", unit="cell", position=0, leave=True, dynamic_ncols=True)
