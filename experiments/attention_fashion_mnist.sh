@@ -10,10 +10,11 @@ source "$(dirname "$0")/common.sh"
 [ -n "${RW:-}" ] || read RW RH < $OUT/table5_hp/CHOSEN
 N_TRAIN=${N_TRAIN:-400}; N_TEST=${N_TEST:-300}; EPOCHS=${EPOCHS:-2}
 CMP=$OUT/attention_fashion_mnist; [ "$N_TRAIN/$N_TEST/$EPOCHS" = 400/300/2 ] || CMP=${CMP}_n${N_TRAIN}_t${N_TEST}_e$EPOCHS
+need_dino
 COMMON=(--model_name_or_path $DINO --task_name image --data_dir $OUT/data/fmnist_attn --image_size 56
   --lora_placement all --lora_alpha 16 --max_train_samples $N_TRAIN --max_test_samples $N_TEST --train_eval_samples 200
   --learning_rate 2e-3 --num_train_epochs $EPOCHS --per_device_train_batch_size 16 --per_device_eval_batch_size 100
-  --reg_weight $RW --r_hat $RH --save_strategy no --report_to none --disable_tqdm true --no_progress)
+  --reg_weight $RW --r_hat $RH --save_strategy no --report_to none --disable_tqdm true --no_progress "${EQ10[@]}")
 # one compare per (method, seed): lora and rm-lora of a seed side by side (two CPU cores), merged afterwards
 for S in ${SEEDS:-0 1 2}; do
   for M in lora rm-lora; do

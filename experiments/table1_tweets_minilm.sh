@@ -19,7 +19,7 @@ COMMON=(--model_name_or_path "$MINILM" --task_name text
   --max_seq_length 48 --lora_placement all --lora_alpha 16
   --learning_rate 1e-3 --num_train_epochs 2 --per_device_train_batch_size 16 --per_device_eval_batch_size 64
   --save_strategy no --report_to none --disable_tqdm true --no_progress
-  --override full:learning_rate=5e-5)
+  --override full:learning_rate=5e-5 "${EQ10[@]}")
 hp_grid $OUT/table1_hp 8 "0 1" "0.001 0.01 0.1" "0.5 0.75" "${COMMON[@]}"
 read RW RH < <(.venv/bin/python experiments/choose_hp.py $OUT/table1_hp)
 echo "chosen on validation: reg_weight=$RW r_hat=$RH"

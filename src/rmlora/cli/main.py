@@ -20,6 +20,7 @@ COMMANDS = {
     "bench": "rmlora.cli.bench",
     "rank-budget": "rmlora.cli.rank_budget",
     "synthetic": "rmlora.cli.synthetic",
+    "assets": "rmlora.cli.assets",
 }
 
 

@@ -1,0 +1,1 @@
+"""Pre-trained assets the project builds itself from what package registries ship (`rmlora assets`)."""
