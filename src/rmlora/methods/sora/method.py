@@ -22,8 +22,6 @@ class SoraMethod(TrainingMethod):
     """SoRA's hooks for the one training path (rmlora.methods.base.TrainingMethod)."""
 
     methods = ("sora",)
-    arguments_class = SoraArguments
-    settings_key = "sora"
     # RMLoraTrainer.save_model writes export() over the raw adapter: without the gates it would load wrong
     export_on_save = True
 
