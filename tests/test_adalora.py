@@ -166,7 +166,7 @@ def test_a_run_too_short_for_the_schedule_and_a_non_adalora_model_raise():
 
 
 def test_state_round_trips_through_disk_into_a_fresh_model(tmp_path):
-    from rmlora.io.adapters import read_rmlora_state, write_rmlora_state
+    from rmlora.io.state import read_rmlora_state, write_rmlora_state
 
     model, args = adalora_model(init_r=4, target_r=2)
     trainer = _trainer(model, str(tmp_path / "run"), {"adalora": args}, steps=10)

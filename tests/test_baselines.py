@@ -146,3 +146,36 @@ def test_adapter_methods_update_only_adapters_and_heads(tmp_path, method):
         assert changed == _is_trained_part(name), name
     with open(os.path.join(tmp_path, "rmlora_config.json")) as f:
         assert json.load(f)["param_counts"] == trainer.rmlora.param_counts()
+
+
+def _partition_like_zero3(model) -> None:
+    """What DeepSpeed ZeRO-3 leaves a rank outside forward: an empty tensor, the full size in `ds_numel`."""
+    for p in model.parameters():
+        p.ds_numel, p.ds_shape = p.numel(), tuple(p.shape)
+        p.data = torch.empty(0, dtype=p.dtype)
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "rm-lora", "adalora"])
+def test_param_counts_under_zero3_partitioning_equal_hand_counts(method):
+    # SoRA is left out: its kept count reads the gate values, which a ZeRO-3 rank does not hold either
+    model, config = make(method)
+    H, _, _, _, L, _, _ = bert_dims(model)
+    n_modules, head = 2 * L, hand_head(model)
+    method_obj = build_training_method(model, config, **SETTINGS)  # built on the whole model, as the Trainer does
+    if method == "adalora":
+        names = sorted(n.removeprefix("base_model.model.") for n, _ in model.named_parameters() if "lora_E" in n)
+        kept = [i % (R + 1) for i in range(len(names))]
+        model.peft_config["default"].rank_pattern = {n: [j < k for j in range(R)] for n, k in zip(names, kept)}
+    _partition_like_zero3(model)
+    assert all(p.numel() == 0 for p in model.parameters())
+    counts = method_obj.param_counts()
+    if method == "full":
+        assert counts == {"trainable": hand_total(model), "inference": hand_total(model)}
+    elif method == "adalora":
+        assert counts == {
+            "trainable": n_modules * R * (H + H + 1) + head,
+            "inference": sum(kept) * (H + H + 1) + head,
+        }
+    else:
+        n = n_modules * R * (H + H) + head
+        assert counts == {"trainable": n, "inference": n}

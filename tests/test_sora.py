@@ -300,7 +300,7 @@ def test_resume_restores_gates_and_gate_optimizer(tmp_path):
 
 
 def test_state_round_trips_through_disk_into_a_fresh_model(tmp_path):
-    from rmlora.io.adapters import read_rmlora_state, write_rmlora_state
+    from rmlora.io.state import read_rmlora_state, write_rmlora_state
 
     model = sora_model()
     method = SoraMethod(model, SORA, sora=SoraArguments(sora_xi=0.01, sora_gate_lr=0.1))

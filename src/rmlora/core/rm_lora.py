@@ -96,7 +96,7 @@ class RMLora:
         # Supported but untested here (no DeepSpeed on CPU CI); FSDP needs use_orig_params=True and
         # unsharded LoRA parameters (e.g. ignore them in the wrap policy).
         try:
-            import deepspeed
+            import deepspeed  # optional dependency: only a ZeRO-3 run has it
         except ImportError:
             raise ConfigError(
                 "the LoRA parameters are sharded (empty on this rank) and DeepSpeed is not installed: with FSDP, "

@@ -182,8 +182,6 @@ class AdaLoraMethod(TrainingMethod):
     """AdaLoRA's hooks for the one training path (rmlora.methods.base.TrainingMethod)."""
 
     methods = ("adalora",)
-    arguments_class = AdaLoraArguments
-    settings_key = "adalora"
     uses_penalty = False  # PEFT puts the orthogonal regularizer into outputs.loss itself
 
     def __init__(

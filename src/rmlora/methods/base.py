@@ -13,8 +13,8 @@
     export(output_dir)                      -> the final adapter (or model) in a format vanilla PEFT loads
     state_dict() / load_state_dict()        -> what a checkpoint must carry (versioned here, once)
 
-Every default is a no-op; a method overrides what it does. Its own knobs are a typed settings dataclass
-(`arguments_class`, passed under the key `settings_key`: rmlora.methods.settings).
+Every default is a no-op; a method overrides what it does. Its knobs arrive typed, as MethodSettings
+(rmlora.methods.settings), through `prepare` and `from_settings`.
 """
 
 from __future__ import annotations
@@ -34,8 +34,6 @@ class TrainingMethod:
     """Base class of every method; subclasses set `methods`, `state_version` and override the hooks they use."""
 
     methods: ClassVar[tuple[str, ...]] = ()  # RMLoraConfig.method values this class trains
-    arguments_class: ClassVar[type | None] = None  # the method's typed settings (AdaLoraArguments, SoraArguments)
-    settings_key: ClassVar[str | None] = None  # its key in the settings mapping ("adalora", "sora")
     state_version: ClassVar[int] = 1
     export_on_save: ClassVar[bool] = False
 

@@ -19,6 +19,8 @@ from rmlora.methods.sora import SoraArguments
 
 @dataclass
 class MethodSettings:
+    """What the methods take beyond RMLoraConfig and LoraArguments; each reads the fields it needs."""
+
     total_steps: int | None = field(
         default=None, metadata={"help": "The run's optimizer steps (AdaLoRA's budget, SoRA's ξ stages)."}
     )
@@ -47,7 +49,7 @@ class MethodSettings:
         return cls(**values)
 
 
-_ARGUMENT_TYPES = {"adalora": AdaLoraArguments, "sora": SoraArguments}
+_ARGUMENT_TYPES = {"adalora": AdaLoraArguments, "sora": SoraArguments}  # the fields holding a method's arguments
 
 
 def _suggestion(key: str, valid: list[str]) -> str:

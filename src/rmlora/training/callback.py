@@ -17,7 +17,7 @@ from __future__ import annotations
 from transformers import TrainerCallback
 
 from rmlora.config import RMLoraConfig
-from rmlora.io.adapters import write_rmlora_state
+from rmlora.io.state import write_rmlora_state
 from rmlora.methods.lora import LoraMethod
 
 

@@ -19,7 +19,7 @@ from transformers import Trainer, TrainerCallback
 
 from rmlora.config import RMLoraConfig
 from rmlora.errors import ConfigError, NonFiniteLossError
-from rmlora.io.adapters import RMLORA_CONFIG_NAME, read_rmlora_state, write_rmlora_state
+from rmlora.io.state import RMLORA_CONFIG_NAME, read_rmlora_state, write_rmlora_state
 from rmlora.methods import build_training_method
 
 

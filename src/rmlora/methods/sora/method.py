@@ -9,7 +9,7 @@ from torch import nn
 
 from rmlora.config import RMLoraConfig
 from rmlora.errors import ConfigError
-from rmlora.io.adapters import write_rmlora_state
+from rmlora.io.state import write_rmlora_state
 from rmlora.methods.base import TrainingMethod
 from rmlora.methods.lora import LoraArguments
 from rmlora.methods.param_counts import full_shape, inference_count, trainable_count
@@ -22,8 +22,6 @@ class SoraMethod(TrainingMethod):
     """SoRA's hooks for the one training path (rmlora.methods.base.TrainingMethod)."""
 
     methods = ("sora",)
-    arguments_class = SoraArguments
-    settings_key = "sora"
     # RMLoraTrainer.save_model writes export() over the raw adapter: without the gates it would load wrong
     export_on_save = True
 
@@ -149,7 +147,7 @@ class SoraMethod(TrainingMethod):
 
     # -- checkpoints ------------------------------------------------------------------------------------
     def extra_state(self) -> dict:
-        """Gates and the gate optimizer's state (tensors; rmlora.io.adapters stores them as safetensors)."""
+        """Gates and the gate optimizer's state (tensors; rmlora.io.state stores them as safetensors)."""
         opt = self.gate_optimizer.state_dict()
         return {
             "sora": asdict(self.args),
