@@ -21,8 +21,6 @@ from torch import nn
 
 from rmlora.errors import NoLoraPairsError
 
-PEFT_PREFIX = "base_model.model."  # PeftModel's path to the wrapped model's modules
-
 
 @dataclass(eq=False)
 class LoraPair:
@@ -77,11 +75,6 @@ class PairGroup:
     def stacked_b(self) -> torch.Tensor:
         """n x d_out x R, differentiable."""
         return torch.stack([p.b_matrix() for p in self.pairs])
-
-
-def relative_module_name(name: str) -> str:
-    """A module path inside the base model: PEFT's `base_model.model.` prefix removed (rank_pattern, target keys)."""
-    return name.removeprefix(PEFT_PREFIX)
 
 
 def pair_name(module_name: str, adapter: str, active_adapters) -> str:

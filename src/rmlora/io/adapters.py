@@ -18,12 +18,17 @@ from peft.utils.other import get_pattern_key
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from rmlora.core.pairs import PEFT_PREFIX
 from rmlora.errors import AdapterError
 from rmlora.io.state import write_rmlora_state
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."  # PeftModel's path to the wrapped model's modules, in state dicts and models
+
+
+def relative_module_name(name: str) -> str:
+    """A module path inside the base model: PEFT's `base_model.model.` prefix removed (rank_pattern, target keys)."""
+    return name.removeprefix(PEFT_PREFIX)
 
 
 def save_adapter(model, output_dir: str, rmlora=None) -> None:

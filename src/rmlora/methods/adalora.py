@@ -31,9 +31,9 @@ from peft.utils.other import get_pattern_key
 from torch import nn
 
 from rmlora.config import RMLoraConfig
-from rmlora.core.pairs import LoraPair, pair_name, relative_module_name
+from rmlora.core.pairs import LoraPair, pair_name
 from rmlora.errors import ConfigError
-from rmlora.io.adapters import save_adapter
+from rmlora.io.adapters import relative_module_name, save_adapter
 from rmlora.methods.base import TrainingMethod
 from rmlora.methods.lora import LoraArguments, checked_peft_model
 from rmlora.methods.param_counts import full_shape, inference_count, trainable_count

@@ -11,9 +11,8 @@ from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import save_file
 from torch import nn
 
-from rmlora.core.pairs import relative_module_name
 from rmlora.errors import AdapterError
-from rmlora.io.adapters import ADAPTER_WEIGHTS_NAME
+from rmlora.io.adapters import ADAPTER_WEIGHTS_NAME, relative_module_name
 from rmlora.methods.sora.gates import GATE_ATTR, SoraGate, attach_gates
 
 
