@@ -330,7 +330,11 @@ def test_adapter_with_mismatched_shapes_raises(adapter_case, tmp_path):
 
 
 def test_cli_json_table_figure_and_errors(adapter_case, tmp_path, capsys):
+    import matplotlib
+
     base, target, adapter, _, deltas = adapter_case
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg")  # a notebook's backend: writing the figure must not switch it
     assert (
         cli_main(
             [
@@ -353,6 +357,8 @@ def test_cli_json_table_figure_and_errors(adapter_case, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["ranks"] == [1, 2, 4] and len(out["modules"]) == len(deltas)
     assert all(m["adapter"]["intrinsic_rank"] == R_INTRINSIC for m in out["modules"])
+    assert matplotlib.get_backend() == "svg"
+    matplotlib.use(backend)
     assert os.path.getsize(tmp_path / "rank_budget.png") > 0
     with open(tmp_path / "rank_budget.json") as f:
         assert json.load(f)["summary"] == out["summary"]
