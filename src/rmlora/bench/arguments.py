@@ -39,23 +39,31 @@ class ModelShape:
     dims: dict = field(default_factory=dict)
 
 
+BERT_TARGETS = ("query", "key", "value", "output.dense", "intermediate.dense")
+GPT2_TARGETS = ("c_attn", "c_proj", "c_fc")
+LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _tiny(family: str, targets: tuple[str, ...], dims: dict) -> ModelShape:
+    """A tiny version of an architecture, for tests and smoke runs: 2 blocks, a 512-token vocabulary."""
+    return ModelShape(family, 2, 512, targets, dims)
+
+
 SHAPES = {
     "bert-base": ModelShape(
         "bert",
         12,
         30522,
-        ("query", "key", "value", "output.dense", "intermediate.dense"),
+        BERT_TARGETS,
         dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072, max_position_embeddings=512),
     ),
-    "gpt2-small": ModelShape(
-        "gpt2", 12, 50257, ("c_attn", "c_proj", "c_fc"), dict(n_embd=768, n_head=12, n_positions=1024)
-    ),
+    "gpt2-small": ModelShape("gpt2", 12, 50257, GPT2_TARGETS, dict(n_embd=768, n_head=12, n_positions=1024)),
     # TinyLlama-1.1B's shape (grouped-query attention, SwiGLU MLP)
     "llama": ModelShape(
         "llama",
         22,
         32000,
-        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        LLAMA_TARGETS,
         dict(
             hidden_size=2048,
             intermediate_size=5632,
@@ -64,20 +72,15 @@ SHAPES = {
             max_position_embeddings=2048,
         ),
     ),
-    # tiny versions of the three, for tests and smoke runs
-    "bert-tiny": ModelShape(
+    "bert-tiny": _tiny(
         "bert",
-        2,
-        512,
-        ("query", "key", "value", "output.dense", "intermediate.dense"),
+        BERT_TARGETS,
         dict(hidden_size=32, num_attention_heads=4, intermediate_size=48, max_position_embeddings=64),
     ),
-    "gpt2-tiny": ModelShape("gpt2", 2, 512, ("c_attn", "c_proj", "c_fc"), dict(n_embd=32, n_head=4, n_positions=64)),
-    "llama-tiny": ModelShape(
+    "gpt2-tiny": _tiny("gpt2", GPT2_TARGETS, dict(n_embd=32, n_head=4, n_positions=64)),
+    "llama-tiny": _tiny(
         "llama",
-        2,
-        512,
-        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        LLAMA_TARGETS,
         dict(
             hidden_size=32,
             intermediate_size=48,

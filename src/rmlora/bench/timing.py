@@ -83,27 +83,26 @@ def time_hooks(method, optimizer, step: int, iters: int, device: str) -> dict[st
     """
     parts: dict[str, list[float]] = {"penalty": [], "before": [], "after": []}
     now = clock(device)
-    for i in range(iters):
-        s = step + i
-        sync(device)
-        t0 = now()
+
+    def penalty_forward_backward():
         pen = method.penalty()
         if pen.requires_grad:
             pen.backward()
-        sync(device)
-        t1 = now()
-        method.before_optimizer_step(optimizer, s)
-        sync(device)
-        t2 = now()
-        optimizer.step()
-        sync(device)
-        t3 = now()
-        method.after_optimizer_step(optimizer, s)
-        sync(device)
-        t4 = now()
-        parts["penalty"].append(t1 - t0)
-        parts["before"].append(t2 - t1)
-        parts["after"].append(t4 - t3)
+
+    for s in range(step, step + iters):
+        stages = [
+            ("penalty", penalty_forward_backward),
+            ("before", lambda s=s: method.before_optimizer_step(optimizer, s)),
+            (None, optimizer.step),  # run, not timed
+            ("after", lambda s=s: method.after_optimizer_step(optimizer, s)),
+        ]
+        for name, fn in stages:
+            sync(device)
+            t = now()
+            fn()
+            sync(device)
+            if name is not None:
+                parts[name].append(now() - t)
     out = {k: statistics.median(v) * 1e6 for k, v in parts.items()}
     out["total"] = sum(out.values())
     return out
