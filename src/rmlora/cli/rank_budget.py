@@ -107,7 +107,7 @@ def _ranks(value: str) -> list[int]:
         ) from None
 
 
-def main(argv: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rmlora rank-budget", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -143,7 +143,11 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--output_dir", default=None, help=f"write {JSON_NAME} and the figure {FIGURE_NAME} here")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
 
     budget = rank_budget(
         args.base,
