@@ -11,16 +11,11 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
+import rmlora.analysis.checkpoints
 from helpers import tiny_bert, tiny_gpt2
-from rmlora.analysis.rank_budget import (
-    bound_term,
-    discrepancy_singular_values,
-    layer_type,
-    match_names,
-    rank_budget,
-    rank_for_error,
-    relative_error,
-)
+from rmlora.analysis.discrepancy import bound_term, discrepancy_singular_values, rank_for_error, relative_error
+from rmlora.analysis.module_names import layer_type, match_names, matches_target_modules
+from rmlora.analysis.rank_budget import rank_budget
 from rmlora.cli.main import main as cli_main
 from rmlora.errors import AdapterError, ConfigError
 
@@ -87,6 +82,28 @@ def test_names_match_across_prefixes_and_layer_types():
     assert layer_type("bert.encoder.layer.3.attention.self.query") == "attention.self.query"
     assert layer_type("transformer.h.11.mlp.c_fc") == "mlp.c_fc"
     assert layer_type("classifier") == "classifier"
+
+
+@pytest.mark.parametrize(
+    "build, targets",
+    [
+        (tiny_bert, ["query", "output.dense"]),
+        (tiny_bert, ["dense", "classifier"]),
+        (tiny_gpt2, ["c_attn", "mlp.c_proj"]),
+    ],
+)
+def test_target_modules_rule_is_the_one_peft_applies(build, targets):
+    """The modules PEFT itself wraps with LoRA for these target_modules are the ones matches_target_modules picks."""
+    model = build(seed=0)
+    names = [name for name, _ in model.named_modules() if name]
+    peft_model = get_peft_model(build(seed=0), LoraConfig(r=2, target_modules=targets))
+    wrapped = {name.removeprefix("base_model.model.") for name in peft_model.targeted_module_names}
+    assert wrapped and {n for n in names if matches_target_modules(n, targets)} == wrapped
+    # suffixes match at a dot only; a whole name matches itself
+    assert matches_target_modules("bert.encoder.layer.0.attention.self.query", ["query"])
+    assert not matches_target_modules("bert.encoder.layer.0.attention.self.xquery", ["query"])
+    assert not matches_target_modules("bert.encoder.layer.0.attention.self.query", ["self"])
+    assert matches_target_modules("classifier", ["classifier"])
 
 
 # -- two saved checkpoints with planted discrepancies ----------------------------------------------------------
@@ -195,10 +212,8 @@ def test_target_modules_filter(bert_pair):
 
 
 def test_from_pretrained_fallback_reads_the_same_weights(bert_pair, monkeypatch):
-    import rmlora.analysis.rank_budget as rb
-
     base, target, E = bert_pair
-    monkeypatch.setattr(rb, "_safetensors_files", lambda path: None)
+    monkeypatch.setattr(rmlora.analysis.checkpoints, "_safetensors_files", lambda path: None)
     _check_against_planted(rank_budget(base, target, ranks=[1, 2], progress=False), E, k=2)
 
 
@@ -315,7 +330,11 @@ def test_adapter_with_mismatched_shapes_raises(adapter_case, tmp_path):
 
 
 def test_cli_json_table_figure_and_errors(adapter_case, tmp_path, capsys):
+    import matplotlib
+
     base, target, adapter, _, deltas = adapter_case
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg")  # a notebook's backend: writing the figure must not switch it
     assert (
         cli_main(
             [
@@ -338,6 +357,8 @@ def test_cli_json_table_figure_and_errors(adapter_case, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["ranks"] == [1, 2, 4] and len(out["modules"]) == len(deltas)
     assert all(m["adapter"]["intrinsic_rank"] == R_INTRINSIC for m in out["modules"])
+    assert matplotlib.get_backend() == "svg"
+    matplotlib.use(backend)
     assert os.path.getsize(tmp_path / "rank_budget.png") > 0
     with open(tmp_path / "rank_budget.json") as f:
         assert json.load(f)["summary"] == out["summary"]

@@ -6,19 +6,24 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 
 import numpy as np
 import pytest
 import torch
 
+from rmlora.analysis.figures import save_figure
 from rmlora.analysis.synthetic import (
+    Run,
     SyntheticConfig,
+    SyntheticResult,
     construction_error,
     eq8_bound,
     fnn,
     make_problem,
     run_synthetic,
     sequential,
+    theory,
 )
 from rmlora.cli.main import main as cli_main
 from rmlora.errors import ConfigError
@@ -128,3 +133,51 @@ def test_cli_json_and_figure(tmp_path, capsys):
     assert os.path.getsize(tmp_path / "synthetic.png") > 0 and os.path.exists(tmp_path / "synthetic.json")
     assert cli_main(["synthetic", "--width", "4", "--ranks", "1,9", "--output_dir", str(tmp_path)]) == 2
     assert "ranks must lie in" in capsys.readouterr().err
+
+
+def test_error_std_is_the_sample_std_over_seeds():
+    """mean ± std over seeds uses the sample std (ddof = 1), as harness/aggregate does; one seed has none."""
+    cfg = SyntheticConfig(width=4, depth=2, ranks=(2,), methods=("lora",), seeds=3, test_size=64)
+    theories = []
+    for seed in range(3):
+        p = make_problem(cfg, seed)
+        theories.append({"f0_error": 1.0, "r0": theory(p, 0), "ranks": {2: theory(p, 2)}})
+    errors = [1.0, 2.0, 4.0]
+    runs = [
+        Run("lora", 2, seed, e, [2, 2], [2.0, 2.0], [0.5, 0.5], [[1.0, 1.0]] * 2, 0.0) for seed, e in enumerate(errors)
+    ]
+    row = SyntheticResult(cfg, theories, runs).summary()[0]["lora"]
+    # by hand: mean 7/3, squared deviations 16/9 + 1/9 + 25/9 = 42/9, over n − 1 = 2: 7/3
+    assert row["error"] == pytest.approx(7 / 3)
+    assert row["error_std"] == pytest.approx(math.sqrt(7 / 3), rel=1e-12)
+    one = SyntheticResult(cfg, theories[:1], runs[:1]).summary()[0]["lora"]
+    assert one["error_std"] is None
+
+
+def test_figure_keeps_the_backend_and_pyplot_alone_and_is_written_whole(tmp_path, monkeypatch):
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        argv = ["synthetic", "--width", "4", "--depth", "2", "--ranks", "1,2", "--steps", "5", "--seeds", "2"]
+        assert cli_main([*argv, "--test_size", "32", "--output_dir", str(tmp_path)]) == 0
+        assert matplotlib.get_backend() == "svg"
+        if "matplotlib.pyplot" in sys.modules:
+            assert not sys.modules["matplotlib.pyplot"].get_fignums()
+    finally:
+        matplotlib.use(before)
+    with open(tmp_path / "synthetic.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert sorted(os.listdir(tmp_path)) == ["synthetic.json", "synthetic.png"]
+
+    def half_written(self, path, **kw):
+        with open(path, "wb") as f:
+            f.write(b"\x89PNG")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Figure, "savefig", half_written)
+    with pytest.raises(OSError, match="disk full"):
+        save_figure(Figure(), str(tmp_path / "new.png"))
+    assert sorted(os.listdir(tmp_path)) == ["synthetic.json", "synthetic.png"]

@@ -21,15 +21,22 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from peft import LoraConfig, get_peft_model
 from torch import nn
+from tqdm.auto import tqdm  # a dependency of transformers
 
-from rmlora.analysis.rank_budget import bound_term, relative_error
+from rmlora.analysis.discrepancy import bound_term, relative_error
+from rmlora.analysis.spectrum import delta_singular_values, effective_rank, numerical_rank
 from rmlora.config import LORA_METHODS as METHODS  # lora, r-lora, gm-lora, rm-lora
+from rmlora.config import RMLoraConfig
+from rmlora.core.pairs import find_lora_pairs
+from rmlora.core.rm_lora import RMLora
 from rmlora.errors import ConfigError
 
 
@@ -225,20 +232,13 @@ class Run:
 
 def train(problem: Problem, rank: int, method: str, cfg: SyntheticConfig, seed: int) -> Run:
     """Train a rank-`rank` LoRA on every layer of f0 to match f̄ on fresh Gaussian batches (MSE)."""
-    from peft import LoraConfig, get_peft_model
-
-    from rmlora.analysis.spectrum import delta_singular_values, effective_rank, numerical_rank
-    from rmlora.config import RMLoraConfig
-    from rmlora.core.pairs import find_lora_pairs
-    from rmlora.core.rm_lora import RMLora
-
     start = time.perf_counter()
     torch.manual_seed(seed)  # the same LoRA initialization for every method at this (seed, R)
     model = get_peft_model(
         sequential(problem), LoraConfig(r=rank, lora_alpha=rank, target_modules=linear_names(cfg.depth))
     )
     # lora ignores r_hat and reg_weight; r-lora uses only the penalty, gm-lora only the masks
-    # Eq. 10 summed, as the recorded synthetic results (docs/RESULTS.md) were made
+    # Eq. 10 summed, as the recorded synthetic results (docs/THEORY.md) were made
     cfg_rm = RMLoraConfig(method=method, r_hat=cfg.r_hat, reg_weight=cfg.reg_weight, reg_reduction="sum", seed=seed)
     rm = RMLora(model, cfg_rm)
     target_weights = [W.float() for W in problem.target_weights]
@@ -273,6 +273,11 @@ def train(problem: Problem, rank: int, method: str, cfg: SyntheticConfig, seed: 
     return Run(method, rank, seed, error, ranks, eff_ranks, delta_errors, spectra, time.perf_counter() - start)
 
 
+def sample_std(values: list[float]) -> float | None:
+    """Sample standard deviation (ddof = 1), the one rmlora reports everywhere; None for fewer than 2 values."""
+    return statistics.stdev(values) if len(values) > 1 else None
+
+
 # -- the experiment ------------------------------------------------------------------------------------------------
 
 
@@ -283,7 +288,7 @@ class SyntheticResult:
     runs: list[Run]
 
     def summary(self) -> list[dict]:
-        """Per R: the theory terms and, per method, the mean ± std error and mean intrinsic rank over seeds."""
+        """Per R: the theory terms and, per method, the mean ± sample std error and mean intrinsic rank over seeds."""
         rows = []
         for R in self.config.ranks:
             th = [t["ranks"][R] for t in self.theory]
@@ -308,7 +313,7 @@ class SyntheticResult:
                 f0 = {t_seed: t["f0_error"] for t_seed, t in enumerate(self.theory)}
                 row[method] = {
                     "error": float(np.mean(errors)),
-                    "error_std": float(np.std(errors)),
+                    "error_std": sample_std(errors),
                     "error_relative": float(np.mean([r.error / f0[r.seed] for r in runs])),
                     "intrinsic_rank": float(np.mean([np.mean(r.intrinsic_ranks) for r in runs])),
                     "effective_rank": float(np.mean([np.mean(r.effective_ranks) for r in runs])),
@@ -347,8 +352,6 @@ def _run(cfg: SyntheticConfig, progress: bool) -> SyntheticResult:
     jobs = [(seed, R, m) for seed in range(cfg.seeds) for R in cfg.ranks for m in cfg.methods]
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=len(jobs), desc="synthetic LoRA runs", unit="run", disable=None)
     theories, runs = [], []
     for seed in range(cfg.seeds):

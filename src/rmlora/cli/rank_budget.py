@@ -11,8 +11,11 @@ from __future__ import annotations
 import argparse
 import os
 
+from rmlora.analysis.figures import rank_budget_figure, save_figure
 from rmlora.analysis.rank_budget import DEFAULT_MAX_ERROR, DEFAULT_RANKS, RankBudget, rank_budget
 from rmlora.errors import ConfigError
+from rmlora.io.atomic import write_text
+from rmlora.lists import split_list
 
 HELP = "σ_{R+1}(W_target − W_base) per layer: the LoRA rank a fine-tune needs (Theorem 3.1, Eq. 9)"
 
@@ -47,11 +50,15 @@ def format_table(budget: RankBudget) -> str:
         )
     s = budget.summary
     lines += ["", f"model summary ({s['num_modules']} matrices, ‖E‖_F over all = {s['total_norm']:.4g}):"]
-    sub = f"{'R':>5} {'Σ_l σ_{R+1}(E_l)':>17} {'e_F (model)':>12} {'max e_F':>8} {'≤ ' + format(budget.max_error, 'g'):>7} {'LoRA params':>12}"
+    sub = (
+        f"{'R':>5} {'Σ_l σ_{R+1}(E_l)':>17} {'e_F (model)':>12} {'max e_F':>8} "
+        f"{'≤ ' + format(budget.max_error, 'g'):>7} {'LoRA params':>12}"
+    )
     lines += [sub, "-" * len(sub)]
     for row in s["per_rank"]:
         lines.append(
-            f"{row['rank']:>5} {row['sum_bound_terms']:>17.4g} {row['relative_error']:>12.3f} {row['max_relative_error']:>8.3f} "
+            f"{row['rank']:>5} {row['sum_bound_terms']:>17.4g} {row['relative_error']:>12.3f} "
+            f"{row['max_relative_error']:>8.3f} "
             f"{row['modules_within_max_error']:>3}/{s['num_modules']:<3} {row['lora_parameters']:>12,}"
         )
     lines.append(
@@ -69,83 +76,38 @@ def format_adapter_table(budget: RankBudget) -> str:
         f"{'e_F(r)':>7} {'e_F(R)':>7} {'‖E−ΔW‖/‖E‖':>12}"
     )
     lines = [
-        f"adapter {budget.adapter}: r = intrinsic rank of ΔW, gap = σ_{{r+1}}(E) − σ_{{R+1}}(E) (the budget left unused)",
+        f"adapter {budget.adapter}: r = intrinsic rank of ΔW, gap = σ_{{r+1}}(E) − σ_{{R+1}}(E) "
+        "(the budget left unused)",
         header,
         "-" * len(header),
     ]
     for m in budget.modules:
         a = m.adapter
         lines.append(
-            f"{_short(m.module, 48):<48} {a.lora_rank:>4} {a.intrinsic_rank:>4} {a.sigma_r1:>11.4g} {a.sigma_R1:>11.4g} "
+            f"{_short(m.module, 48):<48} {a.lora_rank:>4} {a.intrinsic_rank:>4} {a.sigma_r1:>11.4g} "
+            f"{a.sigma_R1:>11.4g} "
             f"{a.gap:>9.3g} {a.error_r:>7.3f} {a.error_R:>7.3f} {a.delta_error:>12.3f}"
         )
     s = budget.summary["adapter"]
     lines.append(
-        f"mean r {s['mean_intrinsic_rank']:.2f} of R {s['mean_lora_rank']:.2f} (budget used {s['mean_budget_used']:.3f}); "
+        f"mean r {s['mean_intrinsic_rank']:.2f} of R {s['mean_lora_rank']:.2f} "
+        f"(budget used {s['mean_budget_used']:.3f}); "
         f"Σσ_{{r+1}} {s['sum_sigma_r1']:.4g} vs Σσ_{{R+1}} {s['sum_sigma_R1']:.4g} (gap {s['sum_gap']:.4g}); "
         f"mean ‖E−ΔW‖/‖E‖ {s['mean_delta_error']:.3f}"
     )
     return "\n".join(lines)
 
 
-def plot(budget: RankBudget, path: str) -> None:
-    """Per layer type: the best relative error ‖E − E_R‖_F / ‖E‖_F and σ_{R+1}(E)/σ_1(E) against R."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    groups = budget.by_layer_type()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (kind, mods) in enumerate(sorted(groups.items())):
-        color = colors[i % len(colors)]
-        k = min(len(m.singular_values) for m in mods)
-        R = np.arange(0, k + 1)
-        errs = np.stack([m.relative_error_curve()[: k + 1] for m in mods])
-        axes[0].plot(R, errs.mean(0), color=color, label=f"{kind} ({len(mods)})")
-        axes[0].fill_between(R, errs.min(0), errs.max(0), color=color, alpha=0.15, linewidth=0)
-        # σ_{R+1}/σ_1 for R = 0 … k−1 (0-based σ[R] is σ_{R+1})
-        ratio = np.stack(
-            [np.asarray(m.singular_values[:k]) / m.singular_values[0] for m in mods if m.singular_values[0] > 0]
-        )
-        axes[1].plot(R[:-1], ratio.mean(0), color=color)
-    k_max = max(len(m.singular_values) for m in budget.modules)
-    ticks = [0] + [R for R in budget.ranks if R <= k_max] + ([k_max] if k_max not in budget.ranks else [])
-    for ax in axes:
-        for R in budget.ranks:
-            ax.axvline(R, color="0.85", linewidth=0.6, zorder=0)
-        # linear from 0 to 1, logarithmic beyond: R = 0 (no adapter) and R up to min(d_out, d_in) on one axis
-        ax.set_xscale("symlog", linthresh=1, linscale=0.4)
-        ax.set_xlim(0, k_max)
-        ax.set_xticks(ticks, [str(t) for t in ticks], fontsize=7)
-        ax.minorticks_off()
-        ax.set_xlabel("LoRA rank R")
-    axes[0].axhline(budget.max_error, color="0.4", linestyle=":", linewidth=1)
-    axes[0].set(ylabel="‖E − E_R‖_F / ‖E‖_F", ylim=(0, 1.02), title="best relative error of a rank-R update")
-    axes[1].set(yscale="log", ylabel="σ_{R+1}(E) / σ_1(E)", title="bound term e(R) of Eq. 9")
-    axes[0].legend(fontsize=7, loc="upper right")
-    fig.suptitle(
-        f"E = W_target − W_base: {os.path.basename(os.path.normpath(budget.target))} vs "
-        f"{os.path.basename(os.path.normpath(budget.base))} (mean, min–max over layers)",
-        fontsize=9,
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def _ranks(value: str) -> list[int]:
     try:
-        return [int(v) for v in value.split(",") if v.strip()]
+        return [int(v) for v in split_list(value)]
     except ValueError:
         raise ConfigError(
             f"--ranks must be comma-separated integers, got {value!r}: e.g. --ranks 1,2,4,8,16,32"
         ) from None
 
 
-def main(argv: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rmlora rank-budget", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -181,7 +143,11 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--output_dir", default=None, help=f"write {JSON_NAME} and the figure {FIGURE_NAME} here")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
 
     budget = rank_budget(
         args.base,
@@ -194,11 +160,9 @@ def main(argv: list[str]) -> int:
     )
     written = []
     if args.output_dir:
-        os.makedirs(args.output_dir, exist_ok=True)
         json_path, fig_path = os.path.join(args.output_dir, JSON_NAME), os.path.join(args.output_dir, FIGURE_NAME)
-        with open(json_path, "w", encoding="utf-8") as f:
-            f.write(budget.to_json())
-        plot(budget, fig_path)
+        write_text(json_path, budget.to_json())
+        save_figure(rank_budget_figure(budget), fig_path, dpi=110)
         written = [json_path, fig_path]
     if args.json:
         print(budget.to_json())
