@@ -405,6 +405,14 @@ def test_cli_bad_input_is_one_line_and_status_2(tmp_path, capsys):
         assert rc == 2 and match in err and len(err.strip().splitlines()) == 1
 
 
+def test_cli_a_value_train_rejects_shows_the_short_usage_then_the_cell(tmp_path, capsys):
+    argv = ["compare", "--output_dir", str(tmp_path), "--methods", "lora", "--reg_form", "foo", "--dry_run"]
+    assert rmlora_main(argv + COMMON) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 4 and err[0].startswith("usage: rmlora train [--help]")
+    assert "invalid choice: 'foo'" in err[2] and err[3].startswith("rmlora compare: error: cell lora_r8_s0:")
+
+
 def test_cli_compare_then_report_rebuilds_from_results(tmp_path, monkeypatch, capsys):
     fake = FakeTrain()
     monkeypatch.setattr(sweep_mod, "_train_in_process", fake)
