@@ -9,15 +9,21 @@ from helpers import peft_bert
 
 
 @pytest.fixture
-def closed_figures(monkeypatch):
-    """The figures closed through matplotlib.pyplot.close during the test (rmlora.harness.plots.curves closes what it
-    draws), kept here so that a test can look at their axes and lines."""
-    import matplotlib.pyplot as plt
+def saved_figures(monkeypatch):
+    """The matplotlib figures saved during the test, in order, each once (rmlora.harness.plots.save writes one
+    Figure in several formats), kept here so that a test can look at their axes and lines."""
+    from matplotlib.figure import Figure
 
-    closed = []
-    real_close = plt.close
-    monkeypatch.setattr(plt, "close", lambda fig=None: (closed.append(fig), real_close(fig)))
-    return closed
+    saved = []
+    real_savefig = Figure.savefig
+
+    def savefig(fig, *args, **kwargs):
+        if not any(fig is f for f in saved):
+            saved.append(fig)
+        return real_savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return saved
 
 
 @pytest.fixture

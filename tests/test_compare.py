@@ -247,7 +247,8 @@ flags = {argv[i][2:]: argv[i + 1] for i in range(len(argv) - 1) if argv[i].start
 print("training", flags["method"], flags["seed"])
 if flags.get("num_train_epochs") == "99":
     sys.exit(7)
-metrics = {"method": flags["method"], "lora_r": int(flags["lora_r"]), "seed": int(flags["seed"]), "task": "rte", "model": "tiny",
+metrics = {"method": flags["method"], "lora_r": int(flags["lora_r"]), "seed": int(flags["seed"]),
+           "task": "rte", "model": "tiny",
            "metrics": {"eval_accuracy": 0.5}, "param_counts": {"trainable": 1, "inference": 1}}
 with open(os.path.join(flags["output_dir"], "metrics.json"), "w") as f:
     json.dump(metrics, f)
@@ -324,9 +325,8 @@ def test_damaged_last_line_is_reported_skipped_and_dropped_on_append(tmp_path):
 def test_damaged_middle_line_is_an_error_naming_the_line(tmp_path):
     path = str(tmp_path / "results.jsonl")
     with open(path, "w") as f:
-        f.write(
-            '{"cell": "a", "method": "lora", "seed": 0, "metrics": {}}\nnot json\n{"cell": "b", "method": "lora", "seed": 0, "metrics": {}}\n'
-        )
+        line = '{"cell": "%s", "method": "lora", "seed": 0, "metrics": {}}\n'
+        f.write(line % "a" + "not json\n" + line % "b")
     with pytest.raises(DataError, match=r"results.jsonl:2 .*fix or delete that line"):
         read_results(path)
     with pytest.raises(DataError, match="lacks seed, metrics"):
@@ -381,6 +381,13 @@ def test_cli_dry_run_lists_cells_and_their_flags(tmp_path, capsys):
     assert f"--output_dir {os.path.join(out, 'runs', 'rm-lora_r8_s0')}" in lines[2]
 
 
+def test_cli_comma_lists_may_have_spaces(tmp_path, capsys):
+    argv = ["compare", "--output_dir", str(tmp_path), "--methods", "lora, rm-lora", "--ranks", "4, 8", "--seeds", "0"]
+    assert rmlora_main(argv + ["--dry_run"] + COMMON) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert names == ["lora_r4_s0", "lora_r8_s0", "rm-lora_r4_s0", "rm-lora_r8_s0"]
+
+
 def test_cli_bad_input_is_one_line_and_status_2(tmp_path, capsys):
     for argv, match in [
         (["--methods", "lora", "--method", "lora"], "use --methods"),
@@ -396,6 +403,14 @@ def test_cli_bad_input_is_one_line_and_status_2(tmp_path, capsys):
         rc = rmlora_main(["compare", "--output_dir", str(tmp_path)] + argv + ["--dry_run"])
         err = capsys.readouterr().err
         assert rc == 2 and match in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_a_value_train_rejects_shows_the_short_usage_then_the_cell(tmp_path, capsys):
+    argv = ["compare", "--output_dir", str(tmp_path), "--methods", "lora", "--reg_form", "foo", "--dry_run"]
+    assert rmlora_main(argv + COMMON) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 4 and err[0].startswith("usage: rmlora train [--help]")
+    assert "invalid choice: 'foo'" in err[2] and err[3].startswith("rmlora compare: error: cell lora_r8_s0:")
 
 
 def test_cli_compare_then_report_rebuilds_from_results(tmp_path, monkeypatch, capsys):
@@ -435,7 +450,7 @@ def test_cli_compare_then_report_rebuilds_from_results(tmp_path, monkeypatch, ca
 RTE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "glue", "rte")
 
 
-def test_tiny_end_to_end_grid(tmp_path, monkeypatch, closed_figures):
+def test_tiny_end_to_end_grid(tmp_path, monkeypatch, saved_figures):
     """2 methods × 1 rank × 2 seeds of `rmlora train` on a tiny BERT, then the report; a rerun trains nothing."""
     import time
 
@@ -502,7 +517,7 @@ def test_tiny_end_to_end_grid(tmp_path, monkeypatch, closed_figures):
     for name in ("curves.png", "curves.svg", "spectra.png", "spectra.svg"):
         assert os.path.getsize(os.path.join(out, "figures", name)) > 1000
 
-    curves = [fig for fig in closed_figures if fig is not None and len(fig.axes) == 4]
+    curves = [fig for fig in saved_figures if len(fig.axes) == 4]
     assert len(curves) == 1
     axes = curves[0].axes
     assert [ax.get_title() for ax in axes] == [

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from rmlora.errors import DataError
-from rmlora.harness.plots.spectra import run_spectrum, spectra_figure
+from rmlora.harness.plots.spectra import plot_spectra, run_spectrum, spectra_figure
 from rmlora.harness.report import format_count, render, table1, table5, table_qa, write_report
 from rmlora.io.run_files import append_result
 
@@ -164,7 +164,7 @@ def test_spectra_figure_one_panel_per_rank_and_labels():
     assert spectra_figure([("Full FT", None, {})]) is None
 
 
-def test_write_report_from_a_folder(tmp_path, glue_records, closed_figures):
+def test_write_report_from_a_folder(tmp_path, glue_records, saved_figures):
     out = str(tmp_path)
     for r in glue_records:
         run_dir = os.path.join(out, "runs", r["cell"])
@@ -198,7 +198,7 @@ def test_write_report_from_a_folder(tmp_path, glue_records, closed_figures):
     assert open(os.path.join(out, "figures", "spectra.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert "![spectra](figures/spectra.png)" in text
     # two ranks: the curves of all rows, then one figure per R with that R's rows and full FT
-    curves = [fig for fig in closed_figures if fig is not None and len(fig.axes) == 4]
+    curves = [fig for fig in saved_figures if len(fig.axes) == 4]
     labels = [sorted(line.get_label() for line in fig.axes[0].get_lines()) for fig in curves]
     assert labels == [
         ["Full FT", "LoRA R=4", "LoRA R=8", "RM-LoRA R=8"],
@@ -209,3 +209,47 @@ def test_write_report_from_a_folder(tmp_path, glue_records, closed_figures):
     for name in ("curves.png", "curves-R4.png", "curves-R8.svg"):
         assert os.path.getsize(os.path.join(out, "figures", name)) > 1000
     assert "figures/curves-R8.png" in text
+
+
+def test_figures_leave_the_matplotlib_backend_and_pyplot_alone(tmp_path, monkeypatch):
+    """A notebook user's backend must survive drawing a report figure (the curves called matplotlib.use("Agg"))."""
+    import matplotlib
+
+    from rmlora.harness.plots.curves import plot_curves
+
+    monkeypatch.setitem(matplotlib.rcParams, "backend", "svg")  # a backend the figures would not pick themselves
+    history = [{"epoch": e, "eval_loss": 1.0 / e, "eval_accuracy": 0.5, "train_accuracy": 0.6} for e in (1, 2)]
+    plot_curves({"LoRA": history}, str(tmp_path / "curves"))
+    plot_spectra([("LoRA", 4, _diagnostics([[1.0, 0.5]]))], str(tmp_path / "spectra"))
+    assert matplotlib.get_backend() == "svg"
+    assert sorted(os.listdir(tmp_path)) == ["curves.png", "curves.svg", "spectra.png", "spectra.svg"]
+
+
+def test_a_failed_figure_save_keeps_the_old_file_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from rmlora.harness.plots.save import save_figure
+
+    fig = Figure()
+    fig.subplots().plot([0, 1], [1, 0])
+    assert save_figure(fig, str(tmp_path / "f")) == [str(tmp_path / "f.png"), str(tmp_path / "f.svg")]
+    before = (tmp_path / "f.png").read_bytes()
+    real = Figure.savefig
+
+    def killed(self, fname, **kwargs):  # half an image written, then the process dies
+        real(self, fname, **kwargs)
+        fname.truncate(100)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_figure(fig, str(tmp_path / "f"), formats=("png",))
+    assert (tmp_path / "f.png").read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["f.png", "f.svg"]
+
+
+def test_every_method_has_a_display_label():
+    from rmlora.config import METHODS
+    from rmlora.harness.labels import METHOD_LABELS
+
+    assert set(METHOD_LABELS) == set(METHODS)

@@ -10,8 +10,11 @@ from transformers import TrainerControl, TrainerState, TrainingArguments
 from helpers import FIXTURES, read_jsonl, run_train, save_text_model, tmp_env
 from rmlora.cli import demo
 from rmlora.cli.main import main
-from rmlora.errors import ConfigError
+from rmlora.config import METHODS
+from rmlora.errors import ConfigError, DataError
+from rmlora.harness import demo as demo_run
 from rmlora.harness.arguments import num_training_steps, parse_args, rmlora_config
+from rmlora.io.run_files import read_history
 from rmlora.training.history import HistoryCallback
 
 TWEETS = os.path.join(FIXTURES, "text", "tweets.csv")
@@ -42,6 +45,22 @@ def test_help_documents_the_flags(capsys):
         "--max_train_samples",
     ):
         assert flag in text, flag
+
+
+def test_an_argument_error_prints_a_short_usage_and_the_one_line_error(capsys):
+    """argparse would print the usage of every TrainingArguments flag (hundreds of lines) before the error."""
+    for argv, bad in ((["--method", "dora"], "'dora'"), (["--lora_r", "four"], "'four'")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["train", *BASE, *argv])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 3, err
+        assert err[0].startswith("usage: rmlora train [--help]") and "rmlora train --help" in err[1]
+        assert err[2].startswith("rmlora train: error: argument") and bad in err[2]
+    with pytest.raises(SystemExit):
+        main(["train", *BASE, "--method", "dora"])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert all(f"'{m}'" in error for m in METHODS)  # the valid choices, in the same line
 
 
 def test_seed_and_r_hat_reach_the_rmlora_config():
@@ -99,6 +118,22 @@ def test_history_records_epoch_loss_metrics_and_generalization_error(tmp_path):
     )
     assert (first["epoch"], first["step"], first["diagnostics"]) == (1.0, 5, {"mean_rank": 3.0})
     assert second["train_loss"] == pytest.approx(3.0) and second["test_generalization_error"] == pytest.approx(0.2)
+
+
+def test_a_resumed_history_skips_a_torn_last_line_with_a_warning(tmp_path):
+    """A run killed while an older writer appended its history leaves half a line; resuming keeps the whole records
+    up to the checkpoint and drops the torn one instead of failing on it."""
+    path = tmp_path / "history.jsonl"
+    path.write_text('{"epoch": 1.0, "step": 5}\n{"epoch": 2.0, "step": 10}\n{"epoch": 3.0, "st')
+    cb = HistoryCallback(str(path), dict, "accuracy")
+    state = TrainerState()
+    state.global_step = 10
+    with pytest.warns(UserWarning, match="history.jsonl:3: damaged last line skipped"):
+        cb.on_train_begin(TrainingArguments(output_dir=str(tmp_path), use_cpu=True), state, TrainerControl())
+    assert [r["step"] for r in cb.records] == [5, 10] and read_jsonl(path) == cb.records
+    path.write_text('{"epoch": 1.0, "step": 5}\nnot json\n{"epoch": 2.0, "step": 10}\n')
+    with pytest.raises(DataError, match="history.jsonl:2 .*fix or delete that line"):
+        read_history(str(tmp_path))
 
 
 def test_full_fine_tuning_writes_metrics_without_delta_w(tmp_path, monkeypatch):
@@ -196,7 +231,7 @@ def test_plot_curves_writes_png_and_svg_for_runs_and_seeds(tmp_path):
         assert title in svg
 
 
-def test_plot_curves_gives_every_label_its_own_colour_beyond_ten(tmp_path, closed_figures):
+def test_plot_curves_gives_every_label_its_own_colour_beyond_ten(tmp_path, saved_figures):
     """13 labels (5 methods x 3 ranks): matplotlib's default 10-colour cycle would draw two of them alike."""
     from matplotlib.colors import to_hex
 
@@ -207,14 +242,16 @@ def test_plot_curves_gives_every_label_its_own_colour_beyond_ten(tmp_path, close
         for e in (1, 2)
     ]
     plot_curves({f"label {i}": history for i in range(13)}, str(tmp_path / "curves"))
-    for ax in closed_figures[0].axes:
+    for ax in saved_figures[0].axes:
         assert len({to_hex(line.get_color()) for line in ax.get_lines()}) == 13
 
 
 def test_demo_without_assets_says_to_run_setup(monkeypatch, capsys):
-    real = demo.importlib.util.find_spec
-    assets = {demo.MODEL_PATH[0], demo.TWEETS_PATH[0]}
-    monkeypatch.setattr(demo.importlib.util, "find_spec", lambda name, *a: None if name in assets else real(name, *a))
+    real = demo_run.importlib.util.find_spec
+    assets = {demo_run.MODEL_PATH[0], demo_run.TWEETS_PATH[0]}
+    monkeypatch.setattr(
+        demo_run.importlib.util, "find_spec", lambda name, *a: None if name in assets else real(name, *a)
+    )
     assert main(["demo", "--output_dir", "unused"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "scripts/setup.sh" in err

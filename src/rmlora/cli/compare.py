@@ -8,14 +8,17 @@ task, data, batch size, epochs, learning rate, r_hat, reg_weight, report_to, ...
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 
 from rmlora.config import METHODS
 from rmlora.errors import ConfigError
-from rmlora.harness.grid import build_grid, flag_map, parse_overrides
+from rmlora.harness.grid import INIT_RANK_FACTOR, build_grid, flag_map, parse_overrides
+from rmlora.harness.report import write_report
 from rmlora.harness.sweep import Sweep
 from rmlora.io.run_files import RUNS_DIR
+from rmlora.lists import split_list
 
 HELP = "train methods × ranks × seeds with `rmlora train` (resumable), then write report.md and figures"
 
@@ -46,7 +49,7 @@ methods: {", ".join(METHODS)}
 
 def _items(values: list[str]) -> list[str]:
     # "--ranks 4,8" and "--ranks 4 8" both work
-    return [v for value in values for v in value.split(",") if v.strip()]
+    return [v for value in values for v in split_list(value)]
 
 
 def _ints(values: list[str], flag: str) -> list[int]:
@@ -85,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--init_rank_factor",
         type=int,
-        default=2,
-        help="AdaLoRA starts at this × R and prunes to R; SoRA trains this × R gates (default 2, the paper's Tables 1–3)",
+        default=INIT_RANK_FACTOR,
+        help="AdaLoRA starts at this × R and prunes to R; SoRA trains this × R gates "
+        f"(default {INIT_RANK_FACTOR}, the paper's Tables 1–3)",
     )
     parser.add_argument(
         "--isolate", action="store_true", help="run each cell in its own process (log: runs/<cell>/train.log)"
@@ -107,8 +111,6 @@ def main(argv: list[str]) -> int:
     cells = build_grid(_items(args.methods), _ints(args.ranks, "--ranks"), _ints(args.seeds, "--seeds"))
     overrides = parse_overrides(args.override)
     if "tensorboard" in flag_map(train_args).get("report_to", ()):
-        import importlib.util
-
         if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
             raise ConfigError("--report_to tensorboard needs the tensorboard package: pip install tensorboard")
     sweep = Sweep(
@@ -127,9 +129,8 @@ def main(argv: list[str]) -> int:
         status = sweep.status()
         for cell in cells:
             flags = " ".join(sweep.args(cell))
-            print(
-                f"{cell.name:<22} {status[cell.name]:<12} rmlora train {flags} --output_dir {os.path.join(args.output_dir, RUNS_DIR, cell.name)}"
-            )
+            run_dir = os.path.join(args.output_dir, RUNS_DIR, cell.name)
+            print(f"{cell.name:<22} {status[cell.name]:<12} rmlora train {flags} --output_dir {run_dir}")
         return 0
 
     result = sweep.run()
@@ -141,8 +142,6 @@ def main(argv: list[str]) -> int:
     for name, reason in result.failed:
         print(f"  failed {name}: {reason}", file=sys.stderr)
     if not args.no_report and (result.skipped or result.recovered or result.trained):
-        from rmlora.harness.report import write_report
-
         written = write_report(args.output_dir)
         print(written["report"])
         for path in written["figures"]:

@@ -10,6 +10,9 @@ import importlib
 import importlib.util
 import sys
 
+from rmlora import __version__
+from rmlora.errors import RMLoraError
+
 # command name -> module; a module that is not there (yet) is not listed
 COMMANDS = {
     "demo": "rmlora.cli.demo",
@@ -37,16 +40,12 @@ def _usage(commands: dict[str, str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rmlora.errors import RMLoraError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = _available()
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage(commands))
         return 0
     if argv[0] == "--version":
-        from rmlora import __version__
-
         print(f"rmlora {__version__}")
         return 0
     name, rest = argv[0], argv[1:]

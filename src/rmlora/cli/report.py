@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from rmlora.harness.report import write_report
+
 HELP = "rebuild report.md and the figures of an `rmlora compare` folder from results.jsonl and the runs' histories"
 
 
@@ -12,8 +14,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("output_dir", help="the --output_dir of `rmlora compare` (holds results.jsonl and runs/)")
     parser.add_argument("--title", default="RM-LoRA comparison", help="first heading of report.md")
     args = parser.parse_args(argv)
-
-    from rmlora.harness.report import write_report
 
     written = write_report(args.output_dir, title=args.title)
     print(written["report"])

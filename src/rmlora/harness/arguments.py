@@ -97,8 +97,22 @@ def rmlora_config(method_args, seed: int) -> RMLoraConfig:
     return RMLoraConfig(**values)
 
 
-def build_parser() -> HfArgumentParser:
-    return HfArgumentParser(ARGUMENT_CLASSES, prog=PROG, description=DESCRIPTION)
+class TrainArgumentParser(HfArgumentParser):
+    """HfArgumentParser whose error message opens with a two-line usage instead of argparse's.
+
+    argparse prints the usage before an error; generated from ~200 TrainingArguments flags it runs to hundreds
+    of lines and buries the one line that says what was wrong. --help still prints every flag.
+    """
+
+    def format_usage(self) -> str:
+        return (
+            f"usage: {self.prog} [--help] --model_name_or_path MODEL --output_dir DIR [--FLAG VALUE ...] | ARGS.json\n"
+            f"       ({self.prog} --help lists every flag)\n"
+        )
+
+
+def build_parser() -> TrainArgumentParser:
+    return TrainArgumentParser(ARGUMENT_CLASSES, prog=PROG, description=DESCRIPTION)
 
 
 def parse_args(argv: list[str]) -> tuple:

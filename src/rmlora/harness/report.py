@@ -30,21 +30,22 @@ from rmlora.harness.aggregate import (
     split_of,
     summary_stat,
 )
+from rmlora.harness.labels import method_name
+from rmlora.harness.plots.curves import plot_curves
+from rmlora.harness.plots.spectra import plot_spectra
 from rmlora.io.atomic import write_text
-from rmlora.io.run_files import RESULTS_NAME, read_diagnostics, read_history, read_results
+from rmlora.io.run_files import (
+    FIGURES_DIR,
+    HISTORY_NAME,
+    REPORT_NAME,
+    RESULTS_NAME,
+    RUNS_DIR,
+    read_diagnostics,
+    read_history,
+    read_results,
+)
+from rmlora.methods.param_counts import format_count as paper_count
 
-REPORT_NAME = "report.md"
-FIGURES_DIR = "figures"
-
-METHOD_LABELS = {
-    "full": "Full FT",
-    "lora": "LoRA",
-    "adalora": "AdaLoRA",
-    "sora": "SoRA",
-    "r-lora": "R-LoRA",
-    "gm-lora": "GM-LoRA",
-    "rm-lora": "RM-LoRA",
-}
 METRIC_LABELS = {
     "accuracy": "Acc",
     "matthews_correlation": "MCC",
@@ -61,7 +62,7 @@ SPLIT_LABELS = {"test": "test", "eval": "validation"}
 def method_label(method: str, rank: int | None = None, ranks: dict | None = None) -> str:
     """ "RM-LoRA R=8"; AdaLoRA and SoRA, placed in the block of the R they prune towards, show the rank
     they train at: "AdaLoRA R=16→8", "SoRA R=16" (`ranks`: {"trainable", "inference"} of the cell)."""
-    label = METHOD_LABELS.get(method, method)
+    label = method_name(method)
     if rank is None or method == "full":
         return label
     trained, kept = (ranks or {}).get("trainable"), (ranks or {}).get("inference")
@@ -84,8 +85,6 @@ def metric_label(name: str, split: str | None = None) -> str:
 
 def format_count(n: float | None) -> str:
     """A parameter count as the paper writes it (184M, 1.26M, 670K); a mean over seeds is rounded first."""
-    from rmlora.methods.param_counts import format_count as paper_count
-
     if n is None or not math.isfinite(n):
         return "N/A"
     return paper_count(int(round(n)))
@@ -324,12 +323,10 @@ def write_report(output_dir: str, title: str = "RM-LoRA comparison") -> dict:
 
 
 def _run_dir(output_dir: str, record: dict) -> str:
-    return os.path.join(output_dir, record.get("run_dir") or os.path.join("runs", record["cell"]))
+    return os.path.join(output_dir, record.get("run_dir") or os.path.join(RUNS_DIR, record["cell"]))
 
 
 def _figures(output_dir: str, runs: Sequence[dict], base: str, suffix: str) -> tuple[list[str], list[str]]:
-    from rmlora.harness.plots.spectra import plot_spectra
-
     notes: list[str] = []
     histories: dict[str, list[list[dict]]] = {}
     rank_of_label: dict[str, int | None] = {}
@@ -343,17 +340,14 @@ def _figures(output_dir: str, runs: Sequence[dict], base: str, suffix: str) -> t
             if history:
                 histories.setdefault(label, []).append(history)
             else:
-                notes.append(
-                    f"{record['cell']}: no {os.path.join(record.get('run_dir', ''), 'history.jsonl')}; left out of the curves"
-                )
+                missing = os.path.join(record.get("run_dir", ""), HISTORY_NAME)
+                notes.append(f"{record['cell']}: no {missing}; left out of the curves")
             if method != "full":
                 diagnostics = read_diagnostics(run_dir)
                 if diagnostics:
                     spectra_runs.append((label, rank, diagnostics))  # one panel per R, one line per row label
     files: list[str] = []
     if histories:
-        from rmlora.harness.plots.curves import plot_curves
-
         files += plot_curves(histories, os.path.join(base, f"curves{suffix}"))
         ranks = sorted({r for r in rank_of_label.values() if r is not None})
         if len(ranks) > 1:  # one figure per R as well (rank-free rows such as full FT in each): easier to read

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from typing import IO
 
 
-def write_text(path: str, text: str) -> None:
+@contextlib.contextmanager
+def atomic_file(path: str, mode: str = "w") -> Iterator[IO]:
+    """A file opened for writing ("w" text, "wb" binary) that replaces `path` in one rename when the block ends.
+
+    The temp file sits in the same folder (a rename within one file system is atomic); if the block raises,
+    or the process is killed before the rename, `path` keeps its old content and the temp file is removed.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -23,8 +32,13 @@ def write_text(path: str, text: str) -> None:
         raise
 
 
+def write_text(path: str, text: str) -> None:
+    with atomic_file(path, "w") as f:
+        f.write(text)
+
+
 def write_json(path: str, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=jsonable) + "\n")
 
 
 def append_jsonl(path: str, record: dict) -> None:
@@ -39,10 +53,11 @@ def append_jsonl(path: str, record: dict) -> None:
             old = f.read()
         if old and not old.endswith("\n"):
             old += "\n"
-    write_text(path, old + json.dumps(record, sort_keys=True, default=_jsonable) + "\n")
+    write_text(path, old + json.dumps(record, sort_keys=True, default=jsonable) + "\n")
 
 
-def _jsonable(x):
+def jsonable(x):
+    """`default=` of json.dumps: arrays and tensors as lists, numpy / torch scalars as numbers, else str."""
     if hasattr(x, "tolist"):
         return x.tolist()
     if hasattr(x, "item"):

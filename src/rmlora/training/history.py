@@ -14,31 +14,19 @@ Each record holds
 The Trainer logs the loss of the last steps of an epoch only after `on_epoch_end`, so the callback asks
 for that log there and writes the record when it arrives. Records are appended atomically (a reader or a
 kill never sees half a line); a fresh run starts a new file, a resumed run keeps the records up to its
-checkpoint.
+checkpoint (rmlora.io.run_files.read_history reads them back, skipping a torn last line).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 
 from transformers import TrainerCallback
 
 from rmlora.io import atomic
-
-HISTORY_NAME = "history.jsonl"
-
-
-def read_history(path: str) -> list[dict]:
-    """The records of a history.jsonl file (an empty list if there is none)."""
-    if os.path.isdir(path):
-        path = os.path.join(path, HISTORY_NAME)
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+from rmlora.io.run_files import read_history
 
 
 def generalization_errors(metrics: dict, primary_metric: str) -> dict:

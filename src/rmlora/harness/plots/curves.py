@@ -11,10 +11,14 @@ accuracy when recorded, else the first metric found (e.g. f1 for SQuAD, pearson 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
+import matplotlib
 import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from rmlora.harness.plots.save import save_figure
 
 _NOT_METRICS = ("loss", "generalization_error", "runtime", "samples_per_second", "steps_per_second")
 
@@ -53,12 +57,11 @@ def plot_curves(
     histories: dict, path_without_ext: str, metric: str | None = None, title: str | None = None
 ) -> list[str]:
     """Draw the four panels for every label of `histories` and write PNG and SVG; returns the paths."""
-    import matplotlib
+    return save_figure(curves_figure(histories, metric, title), path_without_ext)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
+def curves_figure(histories: dict, metric: str | None = None, title: str | None = None) -> Figure:
+    """The matplotlib Figure of plot_curves: four panels, one line (and ±1 std band) per label."""
     runs_by_label = {label: _runs(value) for label, value in histories.items()}
     all_runs = [run for runs in runs_by_label.values() for run in runs]
     metric, split = _metric_and_split(all_runs, metric)
@@ -73,10 +76,13 @@ def plot_curves(
     # matplotlib's default cycle repeats after 10 colours: a 13-line grid (5 methods x 3 ranks) would draw two
     # labels alike, so larger figures take tab20's 20 colours
     palette = (
-        plt.get_cmap("tab20").colors if len(runs_by_label) > 10 else plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        matplotlib.colormaps["tab20"].colors
+        if len(runs_by_label) > 10
+        else matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     )
     colors = {name: palette[i % len(palette)] for i, name in enumerate(runs_by_label)}
-    fig, axes = plt.subplots(1, 4, figsize=(18, 4.2))
+    fig = Figure(figsize=(18, 4.2))
+    axes = fig.subplots(1, 4)
     for ax, (key, label, ylabel) in zip(axes, panels):
         for name, runs in runs_by_label.items():
             epochs, mean, std = _series(runs, key)
@@ -101,10 +107,4 @@ def plot_curves(
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.08, 1, 0.95 if title else 1))
-    folder = os.path.dirname(os.path.abspath(path_without_ext))
-    os.makedirs(folder, exist_ok=True)
-    paths = [f"{path_without_ext}.png", f"{path_without_ext}.svg"]
-    fig.savefig(paths[0], dpi=120)
-    fig.savefig(paths[1])
-    plt.close(fig)
-    return paths
+    return fig

@@ -13,14 +13,14 @@ and is not drawn.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from rmlora.harness.aggregate import mean_std
-
-FORMATS = ("png", "svg")
+from rmlora.harness.plots.save import save_figure
 
 
 def run_spectrum(diagnostics: dict) -> np.ndarray:
@@ -47,33 +47,12 @@ def mean_spectrum(spectra: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray
     return mean, std
 
 
-def save_figure(fig, path_without_ext: str, formats: Sequence[str] = FORMATS) -> list[str]:
-    """Save as each format via a temp file and a rename, so a reader never finds half an image."""
-    folder = os.path.dirname(os.path.abspath(path_without_ext))
-    os.makedirs(folder, exist_ok=True)
-    written = []
-    for fmt in formats:
-        path = f"{path_without_ext}.{fmt}"
-        tmp = os.path.join(folder, f".tmp-{os.getpid()}-{os.path.basename(path)}")
-        try:
-            fig.savefig(tmp, format=fmt, dpi=120, bbox_inches="tight")
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        written.append(path)
-    return written
-
-
-def spectra_figure(runs: Sequence[tuple[str, int | None, dict]], labels: dict[str, str] | None = None):
+def spectra_figure(runs: Sequence[tuple[str, int | None, dict]], labels: dict[str, str] | None = None) -> Figure | None:
     """The matplotlib Figure of `runs` = [(method, R, diagnostics dict), ...], or None if none has a spectrum.
 
     `labels` maps a method to its legend name (default: the method). Runs without singular values
     (full fine-tuning) are left out.
     """
-    from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
-    from matplotlib.ticker import MaxNLocator
-
     grouped: dict[int, dict[str, list[np.ndarray]]] = {}
     for method, rank, diagnostics in runs:
         spectrum = run_spectrum(diagnostics or {})
@@ -112,4 +91,4 @@ def plot_spectra(
 ) -> list[str]:
     """Write spectra_figure(runs) as .png and .svg; returns the files written ([] if no run has a spectrum)."""
     fig = spectra_figure(runs, labels)
-    return [] if fig is None else save_figure(fig, path_without_ext)
+    return [] if fig is None else save_figure(fig, path_without_ext, bbox_inches="tight")
