@@ -7,25 +7,26 @@ the selected-directions-only LoRA backward (against autograd + masking), and the
 measurement (against allocations of known size).
 """
 
+import importlib.util
 import json
+import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from helpers import peft_bert, tiny_gpt2, token_batch
 from rmlora import RMLora, RMLoraConfig
-from rmlora.bench.benchmark import (
-    ANCHOR,
-    METHODS,
-    BenchArguments,
-    SelectiveLoraBranch,
-    cpu_peak_extra_bytes,
-    format_report,
-    hooks_on_synthetic,
-    lora_branch,
-    main,
-    run_benchmark,
-)
+from rmlora.bench.arguments import ANCHOR, METHODS, BenchArguments
+from rmlora.bench.memory import cpu_peak_extra_bytes
+from rmlora.bench.report import format_report
+from rmlora.bench.run import run_benchmark
+from rmlora.bench.selective import SelectiveLoraBranch, lora_branch
+from rmlora.bench.timing import hooks_on_synthetic
+from rmlora.cli.bench import main
+from rmlora.cli.main import main as cli_main
 from rmlora.core.directions import STREAM_A, STREAM_B, module_key, select_directions
 
 
@@ -222,7 +223,7 @@ def test_strict_mode_with_a_pair_that_got_no_gradient():
     assert all(torch.equal(v, state_before[k]) for k, v in opt.state[skipped].items())
 
 
-# -- penalty: closed form with foreach vs autograd of a per-pair loop ------------------------------------------------
+# -- penalty: closed form with foreach vs autograd of a per-pair loop
 def test_closed_form_penalty_gradient_adds_to_existing_gradients():
     model = multi_group_model()
     rm = RMLora(model, RMLoraConfig(method="r-lora", reg_weight=0.3, reg_reduction="sum"))
@@ -242,7 +243,7 @@ def test_closed_form_penalty_gradient_adds_to_existing_gradients():
         torch.testing.assert_close(p.grad, expected, rtol=1e-5, atol=1e-6)
 
 
-# -- GM-LoRA: selected directions only vs autograd + masking ----------------------------------------------------------
+# -- GM-LoRA: selected directions only vs autograd + masking
 @pytest.mark.parametrize("leading", [(24,), (3, 8)])
 def test_selective_lora_backward_matches_autograd_then_masking(leading):
     g = torch.Generator().manual_seed(0)
@@ -266,7 +267,7 @@ def test_selective_lora_backward_matches_autograd_then_masking(leading):
     assert torch.all(gA[~keep] == 0) and torch.all(gB[:, ~keep] == 0)
 
 
-# -- CPU peak memory against allocations of known size ---------------------------------------------------------------
+# -- CPU peak memory against allocations of known size
 def test_cpu_peak_extra_bytes_sees_the_largest_live_set():
     mib = 2**20
 
@@ -279,3 +280,39 @@ def test_cpu_peak_extra_bytes_sees_the_largest_live_set():
 
     peak = cpu_peak_extra_bytes(fn)
     assert 3 * mib <= peak < 3 * mib + 64 * 1024
+
+
+# -- the command and the scripts ------------------------------------------------------------------------------------
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_bad_flags_are_one_line_errors(capsys):
+    assert cli_main(["bench", "--methods", "rm-lora/grad,no-such-method", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("rmlora bench: error: unknown methods ['no-such-method']") and "\n" not in err
+    assert cli_main(["bench", "--model", "gpt5", "--quiet"]) == 2
+    assert "unknown model shape" in capsys.readouterr().err
+
+
+def test_step_time_script_is_the_rmlora_bench_command(capsys):
+    saved = os.path.join(ROOT, "bench", "results", "cpu-llama.json")
+    assert cli_main(["bench", "--report", saved]) == 0
+    expected = capsys.readouterr().out
+    env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "src")}
+    script = os.path.join(ROOT, "bench", "step_time.py")
+    out = subprocess.run([sys.executable, script, "--report", saved], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and out.stdout == expected and "rm-lora/strict" in expected
+
+
+def test_hooks_ab_loads_the_other_copy_as_its_own_module_tree(tmp_path):
+    """The other copy's modules import `rmlora.…`: they must get the other copy's modules, not this checkout's."""
+    shutil.copytree(os.path.join(ROOT, "src", "rmlora"), tmp_path / "rmlora")
+    spec = importlib.util.spec_from_file_location("hooks_ab", os.path.join(ROOT, "bench", "hooks_ab.py"))
+    hooks_ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks_ab)
+    other = hooks_ab.load_package(str(tmp_path))
+    assert other.RMLora is not RMLora and other.RMLoraConfig is not RMLoraConfig
+    # where the code runs from (inspect.getfile of a class would look its module name up in sys.modules)
+    assert other.RMLora.before_optimizer_step.__code__.co_filename.startswith(str(tmp_path))
+    assert sys.modules["rmlora.core.rm_lora"].__file__.startswith(os.path.join(ROOT, "src"))
+    assert sys.modules["rmlora"].RMLora is RMLora

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from rmlora.analysis.figures import save_figure
 from rmlora.analysis.synthetic import (
     Run,
     SyntheticConfig,
@@ -27,6 +26,7 @@ from rmlora.analysis.synthetic import (
 )
 from rmlora.cli.main import main as cli_main
 from rmlora.errors import ConfigError
+from rmlora.harness.plots.save import save_figure
 
 TINY = dict(width=6, depth=2, steps=300, seeds=1, batch_size=128, test_size=512, lr=2e-2)
 
@@ -172,12 +172,11 @@ def test_figure_keeps_the_backend_and_pyplot_alone_and_is_written_whole(tmp_path
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert sorted(os.listdir(tmp_path)) == ["synthetic.json", "synthetic.png"]
 
-    def half_written(self, path, **kw):
-        with open(path, "wb") as f:
-            f.write(b"\x89PNG")
+    def half_written(self, target, **kw):
+        target.write(b"\x89PNG")  # save_figure hands savefig an open temp file
         raise OSError("disk full")
 
     monkeypatch.setattr(Figure, "savefig", half_written)
     with pytest.raises(OSError, match="disk full"):
-        save_figure(Figure(), str(tmp_path / "new.png"))
+        save_figure(Figure(), str(tmp_path / "new"), formats=("png",))
     assert sorted(os.listdir(tmp_path)) == ["synthetic.json", "synthetic.png"]

@@ -13,9 +13,7 @@ from torch import nn
 from rmlora.bench.arguments import ANCHOR, METHODS, SHAPES, BenchArguments
 from rmlora.bench.models import share_frozen_copy
 from rmlora.config import RMLoraConfig
-from rmlora.methods.adalora import AdaLoraArguments
-from rmlora.methods.base import LoraArguments, build_training_method, prepare_model
-from rmlora.methods.sora import SoraArguments
+from rmlora.methods import AdaLoraArguments, LoraArguments, SoraArguments, build_training_method, prepare_model
 
 
 @dataclass

@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import os
 
-from rmlora.analysis.figures import rank_budget_figure, save_figure
 from rmlora.analysis.rank_budget import DEFAULT_MAX_ERROR, DEFAULT_RANKS, RankBudget, rank_budget
 from rmlora.errors import ConfigError
+from rmlora.harness.plots.save import save_figure
+from rmlora.harness.plots.theory import rank_budget_figure
 from rmlora.io.atomic import write_text
 from rmlora.lists import split_list
 
@@ -162,7 +163,7 @@ def main(argv: list[str]) -> int:
     if args.output_dir:
         json_path, fig_path = os.path.join(args.output_dir, JSON_NAME), os.path.join(args.output_dir, FIGURE_NAME)
         write_text(json_path, budget.to_json())
-        save_figure(rank_budget_figure(budget), fig_path, dpi=110)
+        save_figure(rank_budget_figure(budget), os.path.splitext(fig_path)[0], formats=("png",), dpi=110)
         written = [json_path, fig_path]
     if args.json:
         print(budget.to_json())

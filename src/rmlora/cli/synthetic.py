@@ -9,10 +9,11 @@ import argparse
 import dataclasses
 import os
 
-from rmlora.analysis.figures import SYNTHETIC_LABELS as LABELS
-from rmlora.analysis.figures import save_figure, synthetic_figure
 from rmlora.analysis.synthetic import SyntheticConfig, SyntheticResult, run_synthetic
 from rmlora.errors import ConfigError
+from rmlora.harness.labels import method_name
+from rmlora.harness.plots.save import save_figure
+from rmlora.harness.plots.theory import synthetic_figure
 from rmlora.io.atomic import write_text
 from rmlora.lists import split_list
 
@@ -27,7 +28,7 @@ def format_table(result: SyntheticResult) -> str:
     rows = result.summary()
     head = f"{'R':>3} {'Σσ_{R+1}(Ē_l)':>14} {'Eq. 8 bound':>12} {'EY floor':>9} {'trunc-SVD':>10}"
     for m in cfg.methods:
-        head += f" | {LABELS[m] + ' error':>19} {'r':>5} {'eff r':>6} {'‖ΔW−Ē‖/‖Ē‖':>11}"
+        head += f" | {method_name(m) + ' error':>19} {'r':>5} {'eff r':>6} {'‖ΔW−Ē‖/‖Ē‖':>11}"
     lines = [
         f"f0 -> f̄: width D={cfg.width}, depth L=L̄={cfg.depth}, σ_i(Ē_l) ∝ {cfg.decay:g}^(i−1), "
         f"‖Ē_l‖_F = {cfg.discrepancy:g}·‖W_l‖_F; {cfg.steps} Adam steps (lr {cfg.lr:g}), batch {cfg.batch_size}, "
@@ -95,7 +96,7 @@ def main(argv: list[str]) -> int:
     result = run_synthetic(SyntheticConfig(**args))
     json_path, fig_path = os.path.join(output_dir, JSON_NAME), os.path.join(output_dir, FIGURE_NAME)
     write_text(json_path, result.to_json())
-    save_figure(synthetic_figure(result), fig_path, dpi=100)
+    save_figure(synthetic_figure(result), os.path.splitext(fig_path)[0], formats=("png",), dpi=100)
     if as_json:
         print(result.to_json())
     else:

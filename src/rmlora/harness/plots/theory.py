@@ -1,45 +1,27 @@
-"""The figures of `rmlora rank-budget` and `rmlora synthetic` (docs/THEORY.md), and how they are written.
+"""The figures of `rmlora rank-budget` and `rmlora synthetic` (docs/THEORY.md).
 
-Drawn with matplotlib's Figure API: no pyplot, so no global figure state and no backend switch for a notebook
-that imports rmlora. matplotlib is optional (the harness extra), hence the imports inside the functions.
-`save_figure` writes through a temp file and a rename, so a reader never finds half an image.
+Drawn with matplotlib's Figure API (no pyplot state, no backend switch) and written by
+rmlora.harness.plots.save.save_figure, like every figure of the project.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 
+import matplotlib
 import numpy as np
+from matplotlib.figure import Figure
 
 from rmlora.analysis.rank_budget import RankBudget
 from rmlora.analysis.synthetic import SyntheticResult
+from rmlora.harness.labels import method_name
 
-SYNTHETIC_LABELS = {"lora": "LoRA", "r-lora": "R-LoRA", "gm-lora": "GM-LoRA", "rm-lora": "RM-LoRA"}
 SYNTHETIC_COLORS = {"lora": "tab:blue", "r-lora": "tab:orange", "gm-lora": "tab:purple", "rm-lora": "tab:red"}
-
-
-def save_figure(fig, path: str, dpi: int = 110) -> str:
-    """Write `fig` to `path` (format from the extension) atomically; returns the path."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format=os.path.splitext(path)[1].lstrip(".") or "png", dpi=dpi)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 # -- rank-budget ---------------------------------------------------------------------------------------------------
 def rank_budget_figure(budget: RankBudget):
     """Per layer type: the best relative error ‖E − E_R‖_F / ‖E‖_F and σ_{R+1}(E)/σ_1(E) against R."""
-    import matplotlib
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(10, 3.8))
     axes = fig.subplots(1, 2)
     colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -93,7 +75,7 @@ def _relative_panel(ax, rows: list[dict], methods, R) -> None:
         label="truncated-SVD adapters",
     )
     for m in methods:
-        label = f"{SYNTHETIC_LABELS[m]} (trained)"
+        label = f"{method_name(m)} (trained)"
         ax.plot(R, [r[m]["error_relative"] for r in rows], color=SYNTHETIC_COLORS[m], marker="o", ms=3, label=label)
     ax.set(xscale="log", yscale="log", xlabel="LoRA rank R", ylabel="relative to R = 0 (f0)")
     ax.set_title("error and bound terms, relative")
@@ -111,7 +93,7 @@ def _error_panel(ax, rows: list[dict], methods, R) -> None:
         stds = [r[m]["error_std"] for r in rows]
         std = None if any(s is None for s in stds) else np.array(stds)
         color = SYNTHETIC_COLORS[m]
-        ax.errorbar(R, mean, yerr=std, color=color, marker="o", ms=3, capsize=2, label=SYNTHETIC_LABELS[m])
+        ax.errorbar(R, mean, yerr=std, color=color, marker="o", ms=3, capsize=2, label=method_name(m))
     ax.axhline(rows[0]["f0_error"], color="0.6", linestyle=":", linewidth=1, label="f0 (no adapter)")
     ax.set(xscale="log", yscale="log", xlabel="LoRA rank R", ylabel="E‖f(x) − f̄(x)‖₂", title="achieved error")
     ax.legend(fontsize=7)
@@ -122,7 +104,7 @@ def _rank_panel(ax, rows: list[dict], methods, R) -> None:
     """(c) intrinsic (numerical) and effective rank of ΔW."""
     ax.plot(R, R, color="0.7", linestyle="--", label="r = R")
     for m in methods:
-        color, name = SYNTHETIC_COLORS[m], SYNTHETIC_LABELS[m]
+        color, name = SYNTHETIC_COLORS[m], method_name(m)
         numerical = [r[m]["intrinsic_rank"] for r in rows]
         effective = [r[m]["effective_rank"] for r in rows]
         ax.plot(R, numerical, color=color, marker="o", ms=3, label=f"{name} numerical rank")
@@ -135,8 +117,6 @@ def _rank_panel(ax, rows: list[dict], methods, R) -> None:
 
 def synthetic_figure(result: SyntheticResult):
     """(a) everything relative to R = 0 (no adapter); (b) achieved errors; (c) intrinsic rank of ΔW."""
-    from matplotlib.figure import Figure
-
     cfg = result.config
     rows = result.summary()
     R = np.array([row["rank"] for row in rows])
