@@ -156,8 +156,12 @@ sys.exit(main(["train", "--model_name_or_path", {model!r}, "--task_name", "rte",
 def test_without_sentencepiece_or_protobuf_the_error_names_them(deberta_dir, tmp_path, module, package):
     code = _WITHOUT.format(module=module, model=deberta_dir, data=os.path.join(HUB, "glue"), out=str(tmp_path / "o"))
     if module == "google.protobuf":
-        code = code.replace("sys.modules['google.protobuf'] = None", "sys.modules['google'] = sys.modules['google.protobuf'] = None")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(), timeout=300)
+        code = code.replace(
+            "sys.modules['google.protobuf'] = None", "sys.modules['google'] = sys.modules['google.protobuf'] = None"
+        )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(), timeout=300
+    )
     last = run.stderr.strip().splitlines()[-1]
     assert run.returncode == 2, run.stderr[-2000:]
     assert last.startswith("rmlora train: error: ") and package in last and "pip install 'rmlora[harness]'" in last

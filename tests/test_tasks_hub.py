@@ -160,7 +160,11 @@ def test_a_missing_split_lists_the_splits(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     repo = _copy_repo(tmp_path, "squad")
     os.rename(repo / "plain_text" / "train-00000-of-00001.parquet", repo / "plain_text" / "dev-00000-of-00001.parquet")
-    readme = (repo / "README.md").read_text().replace("split: train\n    path: plain_text/train-*", "split: dev\n    path: plain_text/dev-*")
+    readme = (
+        (repo / "README.md")
+        .read_text()
+        .replace("split: train\n    path: plain_text/train-*", "split: dev\n    path: plain_text/dev-*")
+    )
     (repo / "README.md").write_text(readme.replace("name: train\n", "name: dev\n"))
     err = _error(capsys, "--task_name", "squad", "--dataset_name", str(repo))
     assert "no 'train' split" in err and "dev, validation" in err and "internet" not in err
@@ -185,4 +189,3 @@ def test_only_a_connection_failure_says_to_go_offline(tmp_path, monkeypatch, cap
     assert "cannot reach the hub" in err and "--train_file" in err
     err = _error(capsys, "--task_name", "rte", "--dataset_name", str(tmp_path / "no_such_folder"))
     assert "neither a local folder nor a hub dataset" in err and "internet" not in err
-

@@ -188,7 +188,8 @@ def encode_label_column(splits: dict, column: str, label_list: list, aliases: di
     for split, ds in splits.items():
         if column not in ds.column_names:
             raise DataError(
-                f"the {split} split has no label column {column!r} (it has {', '.join(ds.column_names)}): pass --label_column"
+                f"the {split} split has no label column {column!r} (it has {', '.join(ds.column_names)}): "
+                "pass --label_column"
             )
         values = ds[column]
         ids = []

@@ -90,7 +90,7 @@ def from_pretrained_quietly(auto_class, name: str, **kwargs):
     if new and head_only(model, new) and not info.get("error_msgs"):
         heads = sorted({k.rsplit(".", 1)[0] for k in new})
         logger.warning(
-            "note: %s is a new head, trained from a random start (not in %s); the rest loads from the checkpoint",
+            "note: the task's new head (%s) starts from random weights, as it is not in %s; the rest is loaded",
             ", ".join(heads),
             name,
         )
