@@ -173,13 +173,20 @@ def test_a_missing_split_lists_the_splits(tmp_path, monkeypatch, capsys):
 def test_a_missing_column_lists_the_columns(tmp_path, monkeypatch, capsys):
     tmp_env(monkeypatch, tmp_path)
     monkeypatch.chdir(tmp_path)
-    repo = _copy_repo(tmp_path, "glue")
-    for split in ("train", "validation", "test"):
-        path = repo / "cola" / f"{split}-00000-of-00001.parquet"
-        pd.read_parquet(path).rename(columns={"sentence": "text"}).to_parquet(path)
-    (repo / "README.md").write_text((repo / "README.md").read_text().replace("- name: sentence\n", "- name: text\n", 1))
-    err = _error(capsys, "--task_name", "cola", "--dataset_name", str(repo))
-    assert "'sentence'" in err and "text, label, idx" in err and "internet" not in err
+    repo = _copy_repo(tmp_path, "squad")
+    for split in ("train", "validation"):
+        path = repo / "plain_text" / f"{split}-00000-of-00001.parquet"
+        pd.read_parquet(path).rename(columns={"question": "query"}).to_parquet(path)
+    (repo / "README.md").write_text((repo / "README.md").read_text().replace("- name: question\n", "- name: query\n"))
+    err = _error(capsys, "--task_name", "squad", "--dataset_name", str(repo))
+    assert "'question'" in err and "id, title, context, query, answers" in err and "internet" not in err
+
+
+def test_a_mistyped_label_column_lists_the_columns(tmp_path, monkeypatch, capsys):
+    tmp_env(monkeypatch, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    err = _error(capsys, "--task_name", "mrpc", "--dataset_name", GLUE, "--label_column", "lable")
+    assert "'lable'" in err and "sentence1, sentence2, label, idx" in err and "internet" not in err
 
 
 def test_only_a_connection_failure_says_to_go_offline(tmp_path, monkeypatch, capsys):
