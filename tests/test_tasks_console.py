@@ -33,11 +33,36 @@ def _load(path):
     return from_pretrained_quietly(AutoModelForSequenceClassification, path, num_labels=3)
 
 
-def test_the_expected_new_head_is_a_one_line_note(tmp_path, capfd, caplog):
+@pytest.fixture
+def report_records():
+    """The records transformers' loading-report logger emits, at transformers' default verbosity (warning)."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    class Keep(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.records = []
+
+        def emit(self, record):
+            self.records.append(record)
+
+    verbosity, keep = hf_logging.get_verbosity(), Keep()
+    hf_logging.set_verbosity_warning()  # another test may have lowered it
+    logger = logging.getLogger("transformers.modeling_utils")
+    logger.addHandler(keep)
+    yield keep.records
+    logger.removeHandler(keep)
+    hf_logging.set_verbosity(verbosity)
+
+
+def test_the_expected_new_head_is_a_one_line_note(tmp_path, capfd, caplog, report_records):
     path = _save_encoder(str(tmp_path / "encoder"))
     model = _load(path)
     err = capfd.readouterr().err
     assert "LOAD REPORT" not in err and "MISSING" not in err
+    assert not [r for r in report_records if "LOAD REPORT" in r.getMessage()]
     notes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("note:")]
     assert len(notes) == 1 and "(classifier)" in notes[0]
     # and the encoder did load: its weights are the checkpoint's
@@ -48,15 +73,15 @@ def test_the_expected_new_head_is_a_one_line_note(tmp_path, capfd, caplog):
     assert (model.bert.encoder.layer[1].attention.self.query.weight == saved[key]).all()
 
 
-def test_a_checkpoint_missing_encoder_weights_keeps_the_report(tmp_path, capfd, caplog):
+def test_a_checkpoint_missing_encoder_weights_keeps_the_report(tmp_path, caplog, report_records):
     _load(_save_encoder(str(tmp_path / "broken"), drop="layer.1."))
-    err = capfd.readouterr().err
-    assert "LOAD REPORT" in err and "encoder.layer.1" in err
+    reports = [r.getMessage() for r in report_records if "LOAD REPORT" in r.getMessage()]
+    assert len(reports) == 1 and "encoder.layer.1" in reports[0]
     assert not any(r.getMessage().startswith("note:") for r in caplog.records)
 
 
 @pytest.mark.integration
-def test_the_demo_model_loads_without_a_report(capfd):
+def test_the_demo_model_loads_without_a_report(capfd, report_records):
     """`rmlora demo`'s model (all-MiniLM-L6-v2 of scripts/setup.sh) through the text task's loader."""
     from rmlora.cli.demo import demo_assets
     from rmlora.tasks import DataArguments, ModelArguments, build_task
@@ -66,6 +91,7 @@ def test_the_demo_model_loads_without_a_report(capfd):
     task.label_list = ["negative", "neutral", "positive"]
     task.load_model()
     assert "LOAD REPORT" not in capfd.readouterr().err
+    assert not [r for r in report_records if "LOAD REPORT" in r.getMessage()]
 
 
 @pytest.mark.filterwarnings("always")  # pyproject ignores FutureWarning: show every warning to this test
