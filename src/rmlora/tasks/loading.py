@@ -42,7 +42,12 @@ def load_tokenizer(name: str, **kwargs):
         return AutoTokenizer.from_pretrained(name, **kwargs)
     except (ValueError, ImportError, OSError, AttributeError) as e:
         missing = missing_packages()
-        if not missing:
+        # transformers' message when it cannot convert spm.model: "... sentencepiece or tiktoken installed ..."
+        # (or, with protobuf missing, "`tiktoken` is required to read a `tiktoken` file")
+        about_conversion = isinstance(e, ImportError) or any(
+            w in str(e) for w in ("sentencepiece", "tiktoken", "protobuf")
+        )
+        if not missing or not about_conversion:
             raise
         raise ConfigError(
             f"cannot build the tokenizer of {name!r}: a SentencePiece tokenizer (spm.model, e.g. DeBERTa-v3) needs the "
