@@ -91,3 +91,46 @@ def test_accuracy_and_f1_of_mrpc():
     assert glue_metrics("mrpc", preds, labels) == {"accuracy": pytest.approx(0.6), "f1": pytest.approx(2 / 3)}
     assert glue_metrics("rte", preds, labels) == {"accuracy": pytest.approx(0.6)}
     assert accuracy(preds, labels) == {"accuracy": pytest.approx(0.6)}
+
+
+# -- STS-B predictions from the shapes real models return ------------------------------------------------------
+
+
+def _regression_logits(kind: str):
+    """Logits of a tiny regression model (num_labels=1) given labels, as the Trainer's evaluation calls it."""
+    import torch
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        DebertaV2Config,
+        DebertaV2ForSequenceClassification,
+    )
+
+    torch.manual_seed(0)
+    sizes = dict(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24)
+    if kind == "deberta-v2":
+        model = DebertaV2ForSequenceClassification(DebertaV2Config(**sizes, num_labels=1))
+    else:
+        model = BertForSequenceClassification(BertConfig(**sizes, num_labels=1))
+    ids = torch.randint(1, 40, (6, 5), generator=torch.Generator().manual_seed(1))
+    labels = torch.linspace(0.0, 5.0, 6)
+    with torch.no_grad():
+        return model.eval()(input_ids=ids, labels=labels).logits.numpy(), labels.numpy()
+
+
+@pytest.mark.parametrize("kind, shape", [("deberta-v2", (6,)), ("bert", (6, 1))])
+def test_stsb_metrics_accept_the_logits_of_deberta_and_bert(kind, shape):
+    from types import SimpleNamespace
+
+    from scipy.stats import pearsonr, spearmanr
+
+    from rmlora.tasks.glue import GlueTask
+
+    logits, labels = _regression_logits(kind)
+    assert logits.shape == shape  # DeBERTa-v2 flattens regression logits, BERT keeps (N, 1)
+    data_args = SimpleNamespace(label_column=None, text_column=None, text_pair_column=None)
+    task = GlueTask("stsb", SimpleNamespace(), data_args)
+    m = task.compute_metrics(SimpleNamespace(predictions=logits, label_ids=labels))
+    scores = logits.reshape(-1)
+    assert m["pearson"] == pytest.approx(pearsonr(scores, labels)[0])
+    assert m["spearmanr"] == pytest.approx(spearmanr(scores, labels)[0])

@@ -12,7 +12,8 @@ PLACEMENTS = ("head", "attention", "all")
 class ModelArguments:
     model_name_or_path: str = field(
         metadata={
-            "help": "Hub model id or local folder of the pre-trained model (with --gguf_file: the folder or repo of that file)."
+            "help": "Hub model id or local folder of the pre-trained model "
+            "(with --gguf_file: the folder or repo of that file)."
         }
     )
     tokenizer_name: str | None = field(
@@ -29,7 +30,8 @@ class ModelArguments:
     lora_placement: str | None = field(
         default=None,
         metadata={
-            "help": "Which linear layers get LoRA, when --target_modules is not given: head (only the task head, e.g. the "
+            "help": "Which linear layers get LoRA, when --target_modules is not given: "
+            "head (only the task head, e.g. the "
             "classification layer as in the paper's Figure 1), attention (every linear layer of the attention blocks), "
             "all (every linear layer of the backbone: attention and MLP). Default: PEFT's per-architecture default, "
             "else attention. With attention/all the task head is trained fully (modules_to_save).",
@@ -49,14 +51,16 @@ class DataArguments:
     task_name: str | None = field(
         default=None,
         metadata={
-            "help": "GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli), squad, image (or cifar100, food101, "
+            "help": "GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli), squad, "
+            "image (or cifar100, food101, "
             "fashion_mnist), or text (a local text classification file)."
         },
     )
     dataset_name: str | None = field(
         default=None,
         metadata={
-            "help": "Hub dataset to load with datasets.load_dataset (default per task: nyu-mll/glue, rajpurkar/squad, ...)."
+            "help": "Hub dataset (or a local folder in the hub's layout) to load with datasets.load_dataset "
+            "(default per task: nyu-mll/glue, rajpurkar/squad, ...)."
         },
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of --dataset_name."})
@@ -73,7 +77,8 @@ class DataArguments:
     data_dir: str | None = field(
         default=None,
         metadata={
-            "help": "Image data folder: an imagefolder (train/, validation/, test/ with one folder per class) or a folder of "
+            "help": "Image data folder: an imagefolder (train/, validation/, test/ with one folder per class) "
+            "or a folder of "
             "Fashion-MNIST IDX gz files (default for fashion_mnist: /usr/share/datasets/fashion-mnist)."
         },
     )
@@ -92,7 +97,8 @@ class DataArguments:
     doc_stride: int | None = field(
         default=None,
         metadata={
-            "help": "SQuAD: overlap in tokens between chunks of a long context (default: a third of --max_seq_length, as run_qa.py's 128 of 384)."
+            "help": "SQuAD: overlap in tokens between chunks of a long context "
+            "(default: a third of --max_seq_length, as run_qa.py's 128 of 384)."
         },
     )
     n_best_size: int = field(default=20, metadata={"help": "SQuAD: start and end candidates kept per feature."})
@@ -119,7 +125,8 @@ class DataArguments:
     train_eval_samples: int = field(
         default=1000,
         metadata={
-            "help": "Size of the fixed train subset evaluated each epoch for the train metric (0: the whole train split)."
+            "help": "Size of the fixed train subset evaluated each epoch for the train metric "
+            "(0: the whole train split)."
         },
     )
     cache_features: bool = field(

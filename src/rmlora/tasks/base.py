@@ -95,7 +95,7 @@ class Task:
 
     def place_lora(self, model, lora_args, method: str):
         """Fill lora_args.target_modules / modules_to_save from --lora_placement; returns the model to wrap."""
-        from rmlora.tasks.placement import has_peft_default, placement_modules
+        from rmlora.tasks.placement import has_peft_default, head_modules, placement_modules
 
         placement = self.model_args.lora_placement
         if method == "full":
@@ -103,6 +103,13 @@ class Task:
         if placement is None and not lora_args.target_modules and not has_peft_default(model):
             placement = "attention"  # PEFT knows no default targets for this architecture
         self.placement = placement
+        if placement is None and not lora_args.target_modules and not lora_args.modules_to_save:
+            # PEFT's default targets: the new head is trained and saved beside them, all of it (PEFT's task type
+            # saves only `classifier` / `score`; DeBERTa's new head also has `pooler.dense`, which would be lost)
+            try:
+                lora_args.modules_to_save = ",".join(head_modules(model)) or None
+            except ConfigError:  # no separate backbone: PEFT's task type picks the head
+                pass
         if placement is not None:
             if lora_args.target_modules:
                 raise ConfigError("--lora_placement and --target_modules both given: pass only one of them")
@@ -181,7 +188,8 @@ def encode_label_column(splits: dict, column: str, label_list: list, aliases: di
     for split, ds in splits.items():
         if column not in ds.column_names:
             raise DataError(
-                f"the {split} split has no label column {column!r} (it has {', '.join(ds.column_names)}): pass --label_column"
+                f"the {split} split has no label column {column!r} (it has {', '.join(ds.column_names)}): "
+                "pass --label_column"
             )
         values = ds[column]
         ids = []

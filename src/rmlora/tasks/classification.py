@@ -54,7 +54,8 @@ class SequenceClassificationTask(Task):
                     raise ValueError
             except (TypeError, ValueError):
                 raise DataError(
-                    f"label {v!r} in row {row} of the {split} split is not a number: a regression task needs numeric scores"
+                    f"label {v!r} in row {row} of the {split} split is not a number: "
+                    "a regression task needs numeric scores"
                 ) from None
         ds = ds.remove_columns([c for c in (self.label_column, "labels") if c in ds.column_names])
         return ds.add_column("labels", [float(v) for v in values])

@@ -73,7 +73,8 @@ def read_idx(path: str) -> np.ndarray:
     expected = int(np.prod(shape))
     if len(data) - offset != expected:
         raise DataError(
-            f"IDX file {path!r} holds {len(data) - offset} bytes of data, its header says {expected}: the file is damaged"
+            f"IDX file {path!r} holds {len(data) - offset} bytes of data, its header says {expected}: "
+            "the file is damaged"
         )
     return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(shape)
 
@@ -160,7 +161,8 @@ class ImageClassificationTask(Task):
         except Exception as e:
             cause = e.__cause__ or e
             raise DataError(
-                f"cannot read imagefolder {folder!r}: {str(cause).splitlines()[0] if str(cause) else type(cause).__name__}"
+                f"cannot read imagefolder {folder!r}: "
+                f"{str(cause).splitlines()[0] if str(cause) else type(cause).__name__}"
             ) from None
         return {k: ds[k] for k in ("train", "validation", "test") if k in ds}
 
@@ -175,7 +177,8 @@ class ImageClassificationTask(Task):
             for col, flag in ((image_col, "--image_column"), (label_col, "--label_column")):
                 if col is None or col not in ds.column_names:
                     raise DataError(
-                        f"the {split} split has no {flag[2:]} {col!r} (it has {', '.join(ds.column_names)}): pass {flag}"
+                        f"the {split} split has no {flag[2:]} {col!r} (it has {', '.join(ds.column_names)}): "
+                        f"pass {flag}"
                     )
             feature = ds.features[label_col]
             if split == "train":
@@ -188,8 +191,8 @@ class ImageClassificationTask(Task):
             bad = np.flatnonzero((labels < 0) | (labels >= len(self.label_list)))
             if bad.size:
                 raise DataError(
-                    f"label {labels[bad[0]]} in row {bad[0]} of the {split} split is outside the {len(self.label_list)} "
-                    "classes of the train split: give every split the same class folders"
+                    f"label {labels[bad[0]]} in row {bad[0]} of the {split} split is outside the "
+                    f"{len(self.label_list)} classes of the train split: give every split the same class folders"
                 )
             ds = ds.select_columns([image_col, label_col])
             if image_col != "image":

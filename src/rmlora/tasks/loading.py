@@ -42,7 +42,12 @@ def load_tokenizer(name: str, **kwargs):
         return AutoTokenizer.from_pretrained(name, **kwargs)
     except (ValueError, ImportError, OSError, AttributeError) as e:
         missing = missing_packages()
-        if not missing:
+        # transformers' message when it cannot convert spm.model: "... sentencepiece or tiktoken installed ..."
+        # (or, with protobuf missing, "`tiktoken` is required to read a `tiktoken` file")
+        about_conversion = isinstance(e, ImportError) or any(
+            w in str(e) for w in ("sentencepiece", "tiktoken", "protobuf")
+        )
+        if not missing or not about_conversion:
             raise
         raise ConfigError(
             f"cannot build the tokenizer of {name!r}: a SentencePiece tokenizer (spm.model, e.g. DeBERTa-v3) needs the "
@@ -90,7 +95,7 @@ def from_pretrained_quietly(auto_class, name: str, **kwargs):
     if new and head_only(model, new) and not info.get("error_msgs"):
         heads = sorted({k.rsplit(".", 1)[0] for k in new})
         logger.warning(
-            "note: %s is a new head, trained from a random start (not in %s); the rest loads from the checkpoint",
+            "note: the task's new head (%s) starts from random weights, as it is not in %s; the rest is loaded",
             ", ".join(heads),
             name,
         )
