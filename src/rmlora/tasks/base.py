@@ -19,8 +19,11 @@ import logging
 import os
 from collections.abc import Sequence
 
+from datasets import ClassLabel
+
 from rmlora.errors import ConfigError, DataError
 from rmlora.tasks.data import EVAL_SPLITS, finish_splits, seeded_subset, split_prefix
+from rmlora.tasks.placement import has_peft_default, head_modules, placement_modules
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +98,6 @@ class Task:
 
     def place_lora(self, model, lora_args, method: str):
         """Fill lora_args.target_modules / modules_to_save from --lora_placement; returns the model to wrap."""
-        from rmlora.tasks.placement import has_peft_default, head_modules, placement_modules
 
         placement = self.model_args.lora_placement
         if method == "full":
@@ -178,7 +180,6 @@ def encode_label_column(splits: dict, column: str, label_list: list, aliases: di
     A value is accepted as a label name (`label_list`), an alias of one, or an id 0..K-1 of a label set
     whose names are not themselves ints.
     """
-    from datasets import ClassLabel
 
     index = {str(name): i for i, name in enumerate(label_list)}
     for alias, name in (aliases or {}).items():

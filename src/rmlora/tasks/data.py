@@ -11,6 +11,8 @@ import csv
 import logging
 import os
 
+from datasets import get_dataset_config_names, load_dataset
+
 from rmlora.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -45,7 +47,6 @@ def check_file(path: str | None, what: str) -> str:
 
 def load_file(path: str, what: str = "train file", encoding: str = "utf-8"):
     """One local csv/tsv/json(l)/parquet file as a datasets.Dataset, with one-line errors."""
-    from datasets import load_dataset
 
     check_file(path, what)
     ext = os.path.splitext(path)[1].lower()
@@ -82,7 +83,6 @@ def _is_network_error(e: BaseException) -> bool:
 
 
 def _config_names(name: str) -> list[str] | None:
-    from datasets import get_dataset_config_names
 
     try:
         return list(get_dataset_config_names(name))
@@ -94,7 +94,6 @@ def load_hub_dataset(name: str, config: str | None, cache_dir: str | None, offli
     """`datasets.load_dataset(name, config)` (a hub id or a local folder in the hub's layout), with one-line errors
     that name the real cause: a config the repo does not have (listing its configs), a repo that does not exist, or
     a connection failure (only then `offline_hint`, e.g. "pass --train_file ...")."""
-    from datasets import load_dataset
 
     try:
         return load_dataset(name, config, cache_dir=cache_dir)

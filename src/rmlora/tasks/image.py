@@ -19,11 +19,25 @@ import os
 import struct
 
 import numpy as np
+import torch
+from datasets import Array2D, ClassLabel, Dataset, Features, load_dataset
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForImageClassification, default_data_collator
 
 from rmlora.errors import DataError
 from rmlora.tasks.base import Task
 from rmlora.tasks.data import check_file, load_hub_dataset, pick_splits
+from rmlora.tasks.features import (
+    FeatureClassifier,
+    cache_key,
+    cached,
+    default_cache_dir,
+    extract_features,
+    model_identity,
+    single_linear_head,
+)
 from rmlora.tasks.loading import from_pretrained_quietly
+from rmlora.tasks.metrics import accuracy
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +99,6 @@ def is_idx_folder(folder: str) -> bool:
 
 def load_idx_folder(folder: str, label_names: list[str] | None = None) -> dict:
     """{"train", "test"} of a Fashion-MNIST-style folder as datasets with `image` (28x28 uint8) and `label`."""
-    from datasets import Array2D, ClassLabel, Dataset, Features
 
     splits = {}
     for split, stem in IDX_FILES.items():
@@ -108,7 +121,6 @@ def load_idx_folder(folder: str, label_names: list[str] | None = None) -> dict:
 
 def to_rgb(image):
     """A PIL image or a 2-d/3-d uint8 array as an RGB PIL image (grey digits need three channels)."""
-    from PIL import Image
 
     if not isinstance(image, Image.Image):
         image = Image.fromarray(np.asarray(image, dtype=np.uint8))
@@ -150,7 +162,6 @@ class ImageClassificationTask(Task):
         return pick_splits(hub, {"train": "train", "validation": "validation", "test": "test"}, name)
 
     def _load_imagefolder(self, folder: str) -> dict:
-        from datasets import load_dataset
 
         if not os.path.isdir(os.path.join(folder, "train")):
             raise DataError(
@@ -167,7 +178,6 @@ class ImageClassificationTask(Task):
         return {k: ds[k] for k in ("train", "validation", "test") if k in ds}
 
     def _encode_labels(self, splits: dict) -> dict:
-        from datasets import ClassLabel
 
         train = splits["train"]
         image_col = self.data_args.image_column or next((c for c in _IMAGE_COLUMNS if c in train.column_names), None)
@@ -207,7 +217,6 @@ class ImageClassificationTask(Task):
 
     # -- model -----------------------------------------------------------------------------------------
     def _load_pretrained(self):
-        from transformers import AutoImageProcessor, AutoModelForImageClassification
 
         kwargs = self.from_pretrained_kwargs()
         processor = AutoImageProcessor.from_pretrained(
@@ -239,7 +248,6 @@ class ImageClassificationTask(Task):
         return model
 
     def place_lora(self, model, lora_args, method: str):
-        from rmlora.tasks.features import FeatureClassifier, single_linear_head
 
         model = super().place_lora(model, lora_args, method)
         if method == "full" and self.model_args.lora_placement == "head":
@@ -256,7 +264,6 @@ class ImageClassificationTask(Task):
 
     # -- datasets --------------------------------------------------------------------------------------
     def _collate(self, examples):
-        import torch
 
         batch = {
             "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
@@ -280,15 +287,10 @@ class ImageClassificationTask(Task):
     def prepare_datasets(self) -> None:
         super().prepare_datasets()
         if self.feature_head is not None:
-            from transformers import default_data_collator
-
             self.data_collator = default_data_collator
             self._backbone = None  # the frozen backbone is no longer needed: free it
 
     def _cached_features(self, raw, pixels, split: str):
-        from datasets import Dataset
-
-        from rmlora.tasks.features import cache_key, cached, default_cache_dir, extract_features, model_identity
 
         m = self.model_args
         key = cache_key(
@@ -315,7 +317,6 @@ class ImageClassificationTask(Task):
         ).with_format("torch")
 
     def compute_metrics(self, eval_pred) -> dict:
-        from rmlora.tasks.metrics import accuracy
 
         logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
         return accuracy(np.argmax(logits, axis=-1), eval_pred.label_ids)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import importlib
 import logging
 
+from transformers import AutoTokenizer
+
 from rmlora.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -36,7 +38,6 @@ def missing_packages(modules=TOKENIZER_PACKAGES) -> list[str]:
 
 def load_tokenizer(name: str, **kwargs):
     """AutoTokenizer.from_pretrained(name), with a one-line error when SentencePiece support is missing."""
-    from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(name, **kwargs)

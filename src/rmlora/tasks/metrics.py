@@ -24,6 +24,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 
 import numpy as np
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 GLUE_METRICS = {
     "cola": ("matthews_correlation",),
@@ -39,15 +41,12 @@ GLUE_METRICS = {
 
 
 def accuracy(predictions, labels) -> dict[str, float]:
-    from sklearn.metrics import accuracy_score
 
     return {"accuracy": float(accuracy_score(labels, predictions))}
 
 
 def glue_metrics(task: str, predictions, labels) -> dict[str, float]:
     """GLUE metrics of `task` for class ids (or, for stsb, real-valued scores) against the labels."""
-    from scipy.stats import pearsonr, spearmanr
-    from sklearn.metrics import f1_score, matthews_corrcoef
 
     predictions, labels = np.asarray(predictions), np.asarray(labels)
     if task == "cola":

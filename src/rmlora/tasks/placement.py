@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import re
 
+from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from rmlora.errors import ConfigError
 
@@ -18,7 +20,6 @@ _ATTENTION = re.compile(r"(^|\.)(attn|attention|self_attn|self_attention)(\.|$)"
 
 
 def _is_linear(module: nn.Module) -> bool:
-    from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers
 
     return isinstance(module, (nn.Linear, Conv1D))
 
@@ -66,7 +67,6 @@ def has_peft_default(model: nn.Module) -> bool:
     The table can lag behind transformers' module names (transformers 5 renamed ViT's query/value to
     q_proj/v_proj while PEFT still lists query/value), so the names are checked, not only the model type.
     """
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
     defaults = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(getattr(model.config, "model_type", None))
     if not defaults:

@@ -19,6 +19,8 @@ import json
 from collections import defaultdict
 
 import numpy as np
+from datasets import Dataset
+from transformers import AutoModelForQuestionAnswering, default_data_collator
 
 from rmlora.errors import ConfigError, DataError
 from rmlora.tasks.base import Task, ensure_pad_token
@@ -32,7 +34,6 @@ SQUAD_COLUMNS = ("id", "context", "question", "answers")
 
 def read_squad_json(path: str, what: str = "train file"):
     """A SQuAD v1.1 JSON file as a datasets.Dataset in the hub's columns (id, title, context, question, answers)."""
-    from datasets import Dataset
 
     check_file(path, what)
     try:
@@ -142,7 +143,6 @@ class QuestionAnsweringTask(Task):
         return None if self.placement == "head" else "QUESTION_ANS"
 
     def _load_pretrained(self):
-        from transformers import AutoModelForQuestionAnswering
 
         kwargs = self.from_pretrained_kwargs()
         tokenizer = load_tokenizer(self.model_args.tokenizer_name or self.model_args.model_name_or_path, **kwargs)
@@ -240,7 +240,6 @@ class QuestionAnsweringTask(Task):
         )
 
     def _prepare(self, ds, split: str):
-        from transformers import default_data_collator
 
         self.check_lengths(ds, split)
         self.data_collator = default_data_collator
