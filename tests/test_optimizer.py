@@ -1,4 +1,4 @@
-"""create_rmlora_optimizer: strict masks in a plain loop and under Accelerate, the Trainer's update, resume, schedulers."""
+"""create_rmlora_optimizer: strict masks in a plain loop and under Accelerate, the Trainer's update, resume, LR."""
 
 import pytest
 import torch

@@ -88,7 +88,9 @@ class StrictMaskCheck(TrainerCallback):
             if is_a:
                 assert torch.equal(b[frozen], a[frozen]) and not torch.equal(b[sorted(keep)], a[sorted(keep)]), n
             else:
-                assert torch.equal(b[:, frozen], a[:, frozen]) and not torch.equal(b[:, sorted(keep)], a[:, sorted(keep)]), n
+                assert torch.equal(b[:, frozen], a[:, frozen]) and not torch.equal(
+                    b[:, sorted(keep)], a[:, sorted(keep)]
+                ), n
         with torch.no_grad():
             self.penalties.append(float(rm.penalty()))
         self.checked.append(step)
@@ -169,7 +171,11 @@ def test_dpo_trainer_with_the_callback(tmp_path):
     negative = [t for t in texts if "hate" in t or "awful" in t or "bad" in t]
     n = min(len(positive), len(negative))
     pairs = Dataset.from_dict(
-        {"prompt": ["the day was"] * n, "chosen": [" " + t for t in positive[:n]], "rejected": [" " + t for t in negative[:n]]}  # tiny preference pairs
+        {
+            "prompt": ["the day was"] * n,
+            "chosen": [" " + t for t in positive[:n]],
+            "rejected": [" " + t for t in negative[:n]],
+        }  # tiny preference pairs
     )
     rm_callback = RMLoraCallback(RMLoraConfig(**CONFIG))
     check = StrictMaskCheck(lambda: rm_callback.rmlora)

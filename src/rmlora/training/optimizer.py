@@ -90,7 +90,9 @@ class RMLoraOptimizer(torch.optim.Optimizer):
 
     def __repr__(self) -> str:
         cfg = self.rmlora.config
-        return f"RMLoraOptimizer(method={cfg.method!r}, r_hat={cfg.r_hat!r}, step={self.rmlora_step}, {self.optimizer!r})"
+        return (
+            f"RMLoraOptimizer(method={cfg.method!r}, r_hat={cfg.r_hat!r}, step={self.rmlora_step}, {self.optimizer!r})"
+        )
 
     def __getstate__(self) -> dict:
         return self.__dict__.copy()
