@@ -18,6 +18,7 @@ so metrics.json exists only for a run that finished.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -189,7 +190,8 @@ def train(model_args, data_args, method_args, lora_args, adalora_args, sora_args
     os.makedirs(out_dir, exist_ok=True)
     metrics_path = os.path.join(out_dir, METRICS_NAME)
     if os.path.exists(metrics_path):  # a stale metrics.json would say this run finished
-        os.unlink(metrics_path)
+        with contextlib.suppress(FileNotFoundError):  # under torchrun every rank gets here: one of them removes it
+            os.unlink(metrics_path)
 
     set_seed(training_args.seed)  # before the model is built: a new head's initialisation follows --seed
     task = build_task(model_args, data_args, seed=training_args.seed)
@@ -293,6 +295,18 @@ def train(model_args, data_args, method_args, lora_args, adalora_args, sora_args
     return record
 
 
+def _end_distributed() -> None:
+    """Take down the process group that the Trainer's accelerate state set up under torchrun / accelerate launch.
+
+    Nobody else does, and torch asks for it: left to interpreter exit, the gloo backend's threads can be torn down
+    while still joinable, which aborts the process ("terminate called without an active exception", exit -6).
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         from transformers import HfArgumentParser
@@ -300,7 +314,12 @@ def main(argv: list[str]) -> int:
         HfArgumentParser(argument_classes(), prog="rmlora train", description=__doc__.split("\n\n")[0]).print_help()
         return 0
     args = parse_args(argv)
-    record = train(*args)
+    try:
+        record = train(*args)
+    finally:
+        _end_distributed()
+    if args[-1].process_index != 0:  # torchrun / accelerate launch: the record is printed by rank 0 only
+        return 0
     m = record["metrics"]
     shown = {k: v for k, v in m.items() if k.startswith(("eval_", "test_")) or k.endswith("generalization_error")}
     print(
