@@ -107,6 +107,8 @@ def main():
     save_file(weights, os.path.join(a.out, f"rank{rank}.safetensors"))
     with open(os.path.join(a.out, f"rank{rank}_directions.json"), "w") as f:
         json.dump(drawn, f)
+    if torch.distributed.is_initialized():  # as `rmlora train` does: gloo can abort at exit otherwise
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import json
 import sys
 
 from rmlora.harness.arguments import build_parser, parse_args
-from rmlora.harness.run import run_summary, run_training
+from rmlora.harness.run import end_distributed, run_summary, run_training
 
 HELP = "fine-tune a model on a GLUE / SQuAD / image / text task with RM-LoRA or a baseline (run_glue.py-style flags)"
 
@@ -32,7 +32,12 @@ def main(argv: list[str]) -> int:
         build_parser().print_help()
         return 0
     args = parse_args(argv)
-    record = run_training(*args)
+    try:
+        record = run_training(*args)
+    finally:
+        end_distributed()
+    if args[-1].process_index != 0:  # torchrun / accelerate launch: the record is printed by rank 0 only
+        return 0
     print(json.dumps(run_summary(record, args[-1].output_dir), indent=1, default=str))
     return 0
 

@@ -13,6 +13,9 @@ kernel, one foreach copy back. A model has ~100 LoRA matrices and a per-paramete
 ~10 small kernels for each of them (weights, exp_avg, exp_avg_sq; clone, where, copy): the per-group
 form launches a handful per group; `mask_gradients` is the per-parameter fallback for a group in which
 some matrix got no gradient.
+
+Under FSDP2 the kernels run on the rank-local shards (rmlora.core.sharding.local) with masks already cut to
+the rows/columns the rank holds (sharding.shard_mask).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from rmlora.core.pairs import PairGroup
+from rmlora.core.sharding import local
 
 
 def _row_view(param: torch.Tensor, rank: int) -> tuple[int, ...]:
@@ -46,7 +50,7 @@ def stacked_masks(group: PairGroup, a_mask: torch.Tensor, b_mask: torch.Tensor) 
 @torch.no_grad()
 def mask_gradients(params: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
     """grad ← grad · mask for every parameter that has a gradient (one foreach call)."""
-    pairs = [(p.grad, m.to(p.grad.dtype)) for p, m in zip(params, masks) if p.grad is not None]
+    pairs = [(local(p.grad), m.to(p.grad.dtype)) for p, m in zip(params, masks) if p.grad is not None]
     if pairs:
         grads, ms = zip(*pairs)
         torch._foreach_mul_(list(grads), list(ms))
@@ -54,7 +58,8 @@ def mask_gradients(params: list[torch.Tensor], masks: list[torch.Tensor]) -> Non
 
 def _state_tensors(optimizer, param: torch.Tensor) -> dict[str, torch.Tensor]:
     state = optimizer.state.get(param, {}) if optimizer is not None else {}
-    return {k: v for k, v in state.items() if torch.is_tensor(v) and v.shape == param.shape}
+    # sharded (FSDP2) state is sharded like its parameter: the local shards are what the masks act on
+    return {k: local(v) for k, v in state.items() if torch.is_tensor(v) and v.shape == param.shape}
 
 
 # -- per-group forms (what RMLora runs) ------------------------------------------------------------------
@@ -65,6 +70,7 @@ def mask_stacked_gradients(params: list[torch.Tensor], mask: torch.Tensor) -> No
     if any(g is None for g in grads):  # a pair outside the graph this step: mask the others one by one
         mask_gradients(params, list(mask.unbind(0)))
         return
+    grads = [local(g) for g in grads]
     stacked = torch.stack(grads)
     stacked.mul_(mask.to(stacked.dtype))
     torch._foreach_copy_(grads, list(stacked.unbind(0)))
@@ -82,7 +88,7 @@ class GroupSnapshot:
 
 @torch.no_grad()
 def take_group_snapshot(optimizer, params: list[torch.Tensor], keep: torch.Tensor) -> GroupSnapshot:
-    weights = torch.stack([p.detach() for p in params])
+    weights = torch.stack([local(p.detach()) for p in params])
     per_param = [_state_tensors(optimizer, p) for p in params]
     states = {}
     for key in {k for st in per_param for k in st}:
@@ -95,9 +101,9 @@ def take_group_snapshot(optimizer, params: list[torch.Tensor], keep: torch.Tenso
 @torch.no_grad()
 def restore_group_snapshot(optimizer, snap: GroupSnapshot) -> None:
     params, keep = snap.params, snap.keep
-    now = torch.stack([p.detach() for p in params])
+    now = torch.stack([local(p.detach()) for p in params])
     torch.where(keep, now, snap.weights, out=now)
-    torch._foreach_copy_(params, list(now.unbind(0)))
+    torch._foreach_copy_([local(p) for p in params], list(now.unbind(0)))
     per_param = [_state_tensors(optimizer, p) for p in params]
     for key in {k for st in per_param for k in st}:
         targets = [st.get(key) for st in per_param]

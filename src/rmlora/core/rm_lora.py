@@ -15,6 +15,7 @@ needs around it: "# T / I params", export, and the versioned state a checkpoint 
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import torch
@@ -31,6 +32,7 @@ from rmlora.core.masking import (
 )
 from rmlora.core.pairs import LoraPair, PairGroup, group_pairs, require_lora_pairs
 from rmlora.core.penalty import add_penalty_gradient, orthogonality_penalty
+from rmlora.core.sharding import add_to_grad, gather, is_sharded, shard_mask
 from rmlora.errors import ConfigError
 
 
@@ -79,6 +81,8 @@ class RMLora:
         self._snapshots: list[GroupSnapshot] = []
         # DeepSpeed ZeRO-3 leaves each rank an empty placeholder of every parameter outside forward
         self._sharded = any(hasattr(p.A, "ds_id") or p.A.numel() == 0 for p in self.pairs)
+        # FSDP2 (fully_shard) makes every parameter a DTensor holding a slice of the matrix (rmlora.core.sharding)
+        self._fsdp = any(is_sharded(t) for p in self.pairs for t in (p.A, p.B))
 
     # -- penalty -------------------------------------------------------------------------------------
     def penalty(self) -> torch.Tensor:
@@ -86,6 +90,8 @@ class RMLora:
         cfg = self.config
         if not cfg.uses_penalty:
             return torch.zeros((), dtype=torch.float32, device=self.pairs[0].A.device)
+        if self._fsdp:
+            return orthogonality_penalty(self._gathered_groups(), cfg.reg_form, cfg.reg_reduction, cfg.reg_weight)
         if self._sharded:
             return self._gathered_penalty()
         return orthogonality_penalty(self.groups, cfg.reg_form, cfg.reg_reduction, cfg.reg_weight)
@@ -93,15 +99,15 @@ class RMLora:
     def _gathered_penalty(self) -> torch.Tensor:
         # As PEFT does for AdaLoRA's regularizer (peft#1625): gather the shards for the duration of the
         # computation, registering them with the model so that their gradients reach the partitions.
-        # Supported but untested here (no DeepSpeed on CPU CI); FSDP needs use_orig_params=True and
-        # unsharded LoRA parameters (e.g. ignore them in the wrap policy).
+        # Not working: under ZeRO-3 on CPU (deepspeed 0.19.8) the backward fails with "Function ViewBackward0
+        # returned an invalid gradient at index 0 - got [0] but expected shape compatible with [32, 8]"
+        # (docs/RELIABILITY.md). FSDP1 (FullyShardedDataParallel) also leaves empty views here; FSDP2 is handled above.
         try:
             import deepspeed  # optional dependency: only a ZeRO-3 run has it
         except ImportError:
             raise ConfigError(
-                "the LoRA parameters are sharded (empty on this rank) and DeepSpeed is not installed: with FSDP, "
-                "keep LoRA parameters unsharded (use_orig_params=True and exclude them from sharding) or use "
-                "DeepSpeed ZeRO-3"
+                "the LoRA parameters are sharded (empty on this rank), as FSDP1 or DeepSpeed ZeRO-3 leave them: shard "
+                "with FSDP2 instead (torch.distributed.fsdp.fully_shard), or keep the LoRA parameters out of sharding"
             ) from None
         params = [t for p in self.pairs for t in (p.A, p.B)]
         with deepspeed.zero.GatheredParameters(params, fwd_module=self.model):
@@ -111,8 +117,26 @@ class RMLora:
     def add_penalty_gradient(self) -> None:
         """Add the penalty's gradient to the LoRA .grad in closed form (for RMLoraCallback)."""
         cfg = self.config
-        if cfg.uses_penalty:
+        if not cfg.uses_penalty:
+            return
+        if not self._fsdp:
             add_penalty_gradient(self.groups, cfg.reg_form, cfg.reg_reduction, cfg.reg_weight)
+            return
+        # FSDP2: the gradient of the gathered matrices, of which each rank adds the slice it holds
+        full = self._gathered_groups(detach=True)
+        add_penalty_gradient(full, cfg.reg_form, cfg.reg_reduction, cfg.reg_weight)
+        for gathered, group in zip(full, self.groups):
+            for fp, p in zip(gathered.pairs, group.pairs):
+                add_to_grad(p.A, fp.A.grad)
+                add_to_grad(p.B, fp.B.grad)
+
+    def _gathered_groups(self, detach: bool = False) -> list[PairGroup]:
+        """The groups with every A and B all-gathered from their FSDP2 shards (differentiable unless `detach`)."""
+
+        def full(t):
+            return gather(t.detach() if detach else t)
+
+        return [PairGroup([dataclasses.replace(p, A=full(p.A), B=full(p.B)) for p in g.pairs]) for g in self.groups]
 
     # -- directions ------------------------------------------------------------------------------------
     def _bucket_directions(self, step: int):
@@ -161,6 +185,8 @@ class RMLora:
             for gi, am, bm in zip(gis, a_mask.split(sizes), b_mask.split(sizes)):
                 group = self.groups[gi]
                 ka, kb = stacked_masks(group, am, bm)
+                # FSDP2: each rank holds some rows of A and of B; direction i stays row i of the full A
+                ka, kb = shard_mask(ka, group.A[0]), shard_mask(kb, group.B[0])
                 for params, keep in ((group.A, ka), (group.B, kb)):
                     mask_stacked_gradients(params, keep)
                     if strict:

@@ -12,11 +12,13 @@ history.jsonl while training (rmlora.training.history); metrics.json exists only
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
 from functools import partial
 
+import torch.distributed as dist
 from transformers import set_seed
 
 from rmlora.analysis.diagnostics import Diagnostics, diagnose_adapter, diagnose_model
@@ -66,7 +68,18 @@ def prepare_output_dir(out_dir: str | None) -> None:
     os.makedirs(out_dir, exist_ok=True)
     metrics_path = os.path.join(out_dir, METRICS_NAME)
     if os.path.exists(metrics_path):  # a stale metrics.json would say this run finished
-        os.unlink(metrics_path)
+        with contextlib.suppress(FileNotFoundError):  # under torchrun every rank gets here: one of them removes it
+            os.unlink(metrics_path)
+
+
+def end_distributed() -> None:
+    """Take down the process group that the Trainer's accelerate state set up under torchrun / accelerate launch.
+
+    Nobody else does, and torch asks for it: left to interpreter exit, the gloo backend's threads can be torn down
+    while still joinable, which aborts the process ("terminate called without an active exception", exit -6).
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def build_run(model_args, data_args, config, lora_args, adalora_args, sora_args, training_args) -> Run:
