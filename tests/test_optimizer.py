@@ -80,6 +80,9 @@ def test_strict_mode_keeps_unselected_rows_and_moments_bitwise_in_a_plain_loop()
 def fresh_accelerate_state():
     from accelerate.state import AcceleratorState, GradientState
 
+    # a Trainer of an earlier test leaves accelerate's singletons set up with its own accumulation settings
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
     yield
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
@@ -89,6 +92,7 @@ def test_strict_mode_under_accelerate_gradient_accumulation(fresh_accelerate_sta
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=True, gradient_accumulation_steps=2)
+    assert accelerator.gradient_accumulation_steps == 2
     model = peft_bert(r=4)
     opt = create_rmlora_optimizer(model, torch.optim.AdamW, rmlora_config=RMLoraConfig(**STRICT), lr=1e-2)
     model, wrapped = accelerator.prepare(model, opt)
