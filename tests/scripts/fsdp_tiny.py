@@ -64,7 +64,18 @@ def main():
         shard(model, world)
     model.eval()  # no dropout: the sharded and the single-process runs compute the same function
     # after sharding: RMLora must hold the parameters the optimizer steps (FSDP2 replaces them by DTensors)
-    rm = RMLora(model, RMLoraConfig(method="rm-lora", r_hat=3, mask_mode=a.mask_mode, reg_weight=0.1, seed=5))
+    rm = RMLora(
+        model,
+        RMLoraConfig(
+            # Eq. 10 summed: a penalty gradient ~100x the normalized default's, so a sharding error in it shows
+            method="rm-lora",
+            r_hat=3,
+            mask_mode=a.mask_mode,
+            reg_weight=0.1,
+            reg_reduction="sum",
+            seed=5,
+        ),
+    )
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-2, weight_decay=0.1)
     data = token_batch(PER_STEP * a.steps, seed=3)
     per_rank = PER_STEP // world

@@ -35,8 +35,8 @@ from torch import nn
 from transformers.trainer_pt_utils import get_parameter_names
 
 from rmlora.config import RMLoraConfig
-from rmlora.core.rm_lora import RMLora
 from rmlora.errors import ConfigError
+from rmlora.methods.lora import LoraMethod as RMLora  # core.rm_lora.RMLora plus its versioned state
 
 STATE_KEY = "rmlora"
 
