@@ -17,7 +17,7 @@ from rmlora.harness.executors import LocalExecutor, RayExecutor, default_threads
 from rmlora.harness.grid import build_grid, flag_map, parse_axes, parse_overrides
 from rmlora.harness.selection import DEFAULT_CRITERION, check_criterion, write_criterion
 from rmlora.harness.sweep import Sweep
-from rmlora.io.run_files import RUNS_DIR
+from rmlora.io.run_files import RUNS_DIR, read_results
 from rmlora.lists import split_list
 
 HELP = "train methods × ranks × seeds with `rmlora train` (resumable), then write report.md and figures"
@@ -164,7 +164,7 @@ def make_executor(args):
         raise ConfigError("--ray_address needs --backend ray")
     if args.backend == "ray":
         threads = args.threads_per_cell or 1
-        num_cpus = None if args.ray_address else args.jobs * threads if args.jobs > 1 else None
+        num_cpus = None if args.ray_address else args.jobs * threads  # a local Ray: --jobs cells at once
         return RayExecutor(args.ray_address, args.devices_per_cell, threads, num_cpus=num_cpus)
     if args.jobs == 1:
         return None
@@ -210,6 +210,8 @@ def main(argv: list[str]) -> int:
         os.makedirs(args.output_dir, exist_ok=True)
         write_criterion(args.output_dir, select_on)
     result = sweep.run()
+    if args.select_on:
+        write_criterion(args.output_dir, select_on, read_results(args.output_dir).records)
     print(
         f"{len(cells)} cells: {len(result.skipped)} already finished, {len(result.recovered)} recovered, "
         f"{len(result.trained)} trained ({len(result.retried)} retries), {len(result.failed)} failed",

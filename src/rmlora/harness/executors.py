@@ -85,7 +85,11 @@ def run_cell_job(
         return CellOutcome(None, error=f"{host} cannot write {job.run_dir} ({e.strerror or e})", host=host)
     with log:
         proc = subprocess.Popen(
-            command or train_command(job.argv), stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+            command or train_command(job.argv),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
         if running is not None:
             running.add(proc)  # so that a stopping sweep can terminate it
@@ -96,6 +100,15 @@ def run_cell_job(
             if running is not None:
                 running.discard(proc)
     return CellOutcome(rc, killed=rc < 0, log_tail=log_tail(job.run_dir), host=host)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec (Linux): SIGTERM when the thread that started it dies, so that a killed worker
+    (a Ray worker, a driver killed with SIGKILL) leaves no training process writing into a folder that the
+    retry is about to reuse."""
+    import ctypes  # Linux only: prctl(PR_SET_PDEATHSIG); Python has no wrapper for it
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -237,7 +250,13 @@ class RayExecutor:
             except (ConnectionError, RuntimeError, ValueError) as e:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise ConfigError(f"cannot connect to Ray at --ray_address {address}: {first}") from None
-        gpus = devices_per_cell if ray.cluster_resources().get("GPU", 0) else 0
+        resources = ray.cluster_resources()
+        gpus = devices_per_cell if resources.get("GPU", 0) else 0
+        # how many cells can run at once (for the progress bar): the cluster's CPUs (and GPUs) over a cell's share
+        self.jobs = max(1, int(resources.get("CPU", 1) // threads_per_cell))
+        if gpus:
+            self.jobs = max(1, min(self.jobs, int(resources["GPU"] // gpus)))
+        self._refs: set = set()
         # retries are the sweep's (--max_retries), so that a local and a Ray run count them alike
         self.remote = ray.remote(run_cell_job).options(num_cpus=threads_per_cell, num_gpus=gpus, max_retries=0)
         self.gpus = gpus
@@ -251,9 +270,11 @@ class RayExecutor:
 
     def submit(self, job: CellJob) -> Future:
         ref = self.remote.remote(job, thread_env(self.threads))
+        self._refs.add(ref)
         out: Future = Future()
 
         def done(inner: Future) -> None:
+            self._refs.discard(ref)
             try:
                 out.set_result(inner.result())
             except Exception as e:  # noqa: BLE001 - a worker or node that died under the task
@@ -261,10 +282,15 @@ class RayExecutor:
                 out.set_result(CellOutcome(None, killed=True, log_tail=log_tail(job.run_dir), error=reason))
 
         ref.future().add_done_callback(done)
-        out.ref = ref  # type: ignore[attr-defined]
         return out
 
     def shutdown(self) -> None:
+        """Cancel the cells still queued or running (a stopped driver), then stop the Ray started for the run."""
+        for ref in list(self._refs):
+            try:
+                self.ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001, S110 - a task that finished meanwhile cannot be cancelled
+                pass
         if self.started:
             self.ray.shutdown()
 

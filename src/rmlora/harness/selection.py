@@ -23,7 +23,8 @@ from rmlora.harness.grid import setting_label
 from rmlora.io.atomic import write_json
 from rmlora.io.run_files import read_json
 
-SELECTION_NAME = "selection.json"  # in a comparison's folder: {"select_on": "validation[:METRIC]"}
+# in a comparison's folder: {"select_on": "validation[:METRIC]", "chosen": [{"method", "rank", "setting", ...}]}
+SELECTION_NAME = "selection.json"
 DEFAULT_CRITERION = "validation"
 
 
@@ -37,8 +38,21 @@ def check_criterion(select_on: str) -> str:
     return select_on
 
 
-def write_criterion(output_dir: str, select_on: str) -> None:
-    write_json(os.path.join(output_dir, SELECTION_NAME), {"select_on": check_criterion(select_on)})
+def write_criterion(output_dir: str, select_on: str, records: Sequence[dict] = ()) -> None:
+    """selection.json: the criterion and, from `records` (results.jsonl), what it chose (for scripts)."""
+    chosen = [
+        {
+            "task": c["key"][0],
+            "model": c["key"][1],
+            "method": c["key"][2],
+            "rank": c["key"][3],
+            "setting": dict(c["chosen"]),
+            "metric": c["metric"],
+            "scores": [{"setting": dict(s), "mean": mean, "seeds": n} for s, mean, n in c["scores"]],
+        }
+        for c in select(records, select_on)
+    ]
+    write_json(os.path.join(output_dir, SELECTION_NAME), {"select_on": check_criterion(select_on), "chosen": chosen})
 
 
 def read_criterion(output_dir: str) -> str:
