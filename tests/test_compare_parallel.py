@@ -294,3 +294,43 @@ def test_an_address_that_is_not_ray_gives_up_within_half_a_minute():
     with pytest.raises(ConfigError, match=r"(cannot reach|cannot connect to) Ray at --ray_address 10.255.255.1:6379"):
         RayExecutor("10.255.255.1:6379")
     assert time.time() - start < 45
+
+
+SIGTERM_DRIVER = """
+import os, sys
+import rmlora.harness.executors as executors_mod
+from rmlora.harness.executors import LocalExecutor
+from rmlora.harness.grid import build_grid
+from rmlora.harness.sweep import Sweep
+child = "import os, sys, time; open(os.path.join(sys.argv[1], str(os.getpid())), 'w').close(); time.sleep(120)"
+executors_mod.train_command = lambda argv: [sys.executable, "-c", child, sys.argv[2]]
+sweep = Sweep(sys.argv[1], build_grid(["lora"], [4], [0, 1, 2]), ["--model_name_or_path", "tiny", "--task_name", "rte"],
+              progress=False, executor=LocalExecutor(2, threads_per_cell=1, devices=[]))
+sweep.run()
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_of_a_parallel_sweep_stops_its_cells(tmp_path):
+    """`kill <compare pid>` with --jobs 2 leaves no cell process training on, and no results line."""
+    import subprocess
+
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    driver = subprocess.Popen([sys.executable, "-c", SIGTERM_DRIVER, str(tmp_path / "cmp"), str(pids)])
+    try:
+        deadline = time.time() + 300  # the imports alone can take a minute on a loaded machine
+        while len(os.listdir(pids)) < 2 and time.time() < deadline:
+            assert driver.poll() is None, "the sweep ended before its cells started"
+            time.sleep(0.1)
+        children = [int(p) for p in os.listdir(pids)]
+        assert len(children) == 2  # two cells at once, the third queued
+        driver.send_signal(signal.SIGTERM)
+        assert driver.wait(timeout=60) == 128 + signal.SIGTERM
+        for pid in children:
+            with pytest.raises(ProcessLookupError):  # terminated and reaped before the driver exited
+                os.kill(pid, 0)
+        assert read_results(str(tmp_path / "cmp")).records == []
+        assert len(os.listdir(pids)) == 2  # the queued cell never started
+    finally:
+        driver.kill()

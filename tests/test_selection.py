@@ -185,6 +185,9 @@ def test_selection_on_the_tiny_grid_follows_validation_and_ignores_test_labels(t
         assert rmlora_main(tiny_grid_argv(model, out, test_file)) == 0
         choice, means = naive_choice(os.path.join(out, "results.jsonl"))
         choices[flip] = (choice, means)
+        with open(os.path.join(out, "selection.json")) as f:  # what scripts read
+            (chosen,) = json.load(f)["chosen"]
+        assert chosen["setting"] == {"learning_rate": choice} and chosen["metric"] == "eval_loss"
         records = read_results(out).records
         tests[flip] = sorted((r["cell"], r["metrics"]["test_loss"]) for r in records)
         reports[flip] = open(os.path.join(out, "report.md"), encoding="utf-8").read()
