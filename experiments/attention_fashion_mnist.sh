@@ -15,13 +15,6 @@ COMMON=(--model_name_or_path $DINO --task_name image --data_dir $OUT/data/fmnist
   --lora_placement all --lora_alpha 16 --max_train_samples $N_TRAIN --max_test_samples $N_TEST --train_eval_samples 200
   --learning_rate 2e-3 --num_train_epochs $EPOCHS --per_device_train_batch_size 16 --per_device_eval_batch_size 100
   --reg_weight $RW --r_hat $RH --save_strategy no --report_to none --disable_tqdm true --no_progress "${EQ10[@]}")
-# one compare per (method, seed): lora and rm-lora of a seed side by side (two CPU cores), merged afterwards
-for S in ${SEEDS:-0 1 2}; do
-  for M in lora rm-lora; do
-    $RMLORA compare --output_dir $CMP/${M}_s$S --methods $M --ranks ${RANKS:-4 8} --seeds $S --no_report "${COMMON[@]}" \
-      > $CMP.${M}_s$S.log 2>&1 &
-  done
-  wait
-done
-merge $CMP
-$RMLORA report $CMP/merged
+# one compare, JOBS cells at once (default 2: two CPU cores, one thread each); report in $CMP/report.md
+$RMLORA compare --output_dir $CMP --methods lora rm-lora --ranks ${RANKS:-4 8} --seeds ${SEEDS:-0 1 2} \
+  --jobs $JOBS --threads_per_cell 1 "${COMMON[@]}" > $CMP.log 2>&1

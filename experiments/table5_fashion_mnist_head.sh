@@ -9,9 +9,11 @@
 # parameters trained, backbone frozen), seeds 0 1 2, same lr / epochs / batch for every method.
 # Step 0: one full-head run (its own folder) extracts the features into the cache (two threads); every later
 #         run hits the cache.
-# Step 1: reg_weight x r_hat grid for rm-lora at R = 4, seeds 0 1 2, chosen on the mean validation accuracy
-#         (experiments/choose_hp.py); the choice is written to $OUT/table5_hp/CHOSEN (reused by experiment 3).
-# Step 2: the comparison with the chosen values; one compare per seed, side by side, merged for `rmlora report`.
+# Step 1: reg_weight x r_hat grid for rm-lora at R = 4, seeds 0 1 2 (one compare, --grid), chosen on the mean
+#         validation accuracy (--select_on validation); the choice is also written to $OUT/table5_hp/CHOSEN
+#         (reused by experiment 3).
+# Step 2: the comparison with the chosen values, one compare running JOBS cells at once (default 2), report in
+#         $CMP/report.md.
 # The grid runs at the defaults (112 px, 60 epochs); the check that the differences persist once the curves
 # are flat is `RW=0.001 RH=0.75 EPOCHS=120 experiments/table5_fashion_mnist_head.sh` (own folder, no grid).
 source "$(dirname "$0")/common.sh"
@@ -23,16 +25,13 @@ COMMON=(--model_name_or_path $DINO --task_name image --data_dir $OUT/data/fmnist
   --train_eval_samples 1000 --save_strategy no --report_to none --disable_tqdm true --no_progress "${EQ10[@]}")
 CMP=$OUT/table5_fashion_mnist_head; [ "$IMAGE_SIZE/$EPOCHS" = 112/60 ] || CMP=${CMP}_${IMAGE_SIZE}px_e$EPOCHS
 OMP_NUM_THREADS=2 $RMLORA compare --output_dir $OUT/table5_extract_${IMAGE_SIZE}px_e$EPOCHS --methods full --seeds 0 --no_report "${COMMON[@]}"
+PAR=(--jobs $JOBS --threads_per_cell 1)
 if [ -z "${RW:-}" ]; then  # RW / RH given: reuse that choice, no grid (the longer run of docs/RESULTS.md)
-  hp_grid $OUT/table5_hp 4 "0 1 2" "0.001 0.01 0.1" "0.5 0.75" "${COMMON[@]}"
-  read RW RH < <(.venv/bin/python experiments/choose_hp.py $OUT/table5_hp)
+  $RMLORA compare --output_dir $OUT/table5_hp --methods rm-lora --ranks 4 --seeds 0 1 2 "${PAR[@]}" --no_report \
+    --grid reg_weight=0.001,0.01,0.1 --grid r_hat=0.5,0.75 --select_on validation "${COMMON[@]}" > $OUT/table5_hp.log 2>&1
+  read RW RH < <(chosen $OUT/table5_hp rm-lora reg_weight r_hat)
   echo "$RW $RH" > $OUT/table5_hp/CHOSEN
 fi
 echo "reg_weight=$RW r_hat=$RH"
-for S in ${SEEDS:-0 1 2}; do
-  $RMLORA compare --output_dir $CMP/seed$S --methods full lora r-lora gm-lora rm-lora --ranks 2 4 8 --seeds $S \
-    --no_report "${COMMON[@]}" --reg_weight $RW --r_hat $RH > $CMP.seed$S.log 2>&1 &
-done
-wait
-merge $CMP
-$RMLORA report $CMP/merged
+$RMLORA compare --output_dir $CMP --methods full lora r-lora gm-lora rm-lora --ranks 2 4 8 --seeds ${SEEDS:-0 1 2} \
+  "${PAR[@]}" "${COMMON[@]}" --reg_weight $RW --r_hat $RH > $CMP.log 2>&1

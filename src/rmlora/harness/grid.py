@@ -1,17 +1,23 @@
-"""The grid of a comparison: cells (method, rank, seed), each cell's `rmlora train` flags, per-method overrides.
+"""The grid of a comparison: cells (method, rank, setting, seed), each cell's `rmlora train` flags, per-method
+overrides and hyperparameter axes.
 
-A cell is named `<method>_r<R>_s<seed>` (`full_s<seed>` for full fine-tuning, which has no rank). Its flags are
-the common flags of the sweep, then the grid's own (--method, --lora_r, --seed), then the overrides of its
-method; `flag_map` reads an argv back as {flag: values}, so two argvs that parse alike compare equal.
+A cell is named `<method>_r<R>_s<seed>` (`full_s<seed>` for full fine-tuning, which has no rank); a cell of a
+hyperparameter axis (`--grid FLAG=V1,V2`, `--grid METHOD:FLAG=V1,V2`) adds its setting before the seed:
+`rm-lora_r8_reg_weight=0.01_s0`. Its flags are the common flags of the sweep, then the grid's own (--method,
+--lora_r, --seed, the setting), then the overrides of its method; `flag_map` reads an argv back as
+{flag: values}, so two argvs that parse alike compare equal.
 """
 
 from __future__ import annotations
 
+import itertools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rmlora.config import METHODS
 from rmlora.errors import ConfigError
+from rmlora.lists import split_list
 
 # flags the grid sets per cell; passing them to the sweep itself is a mistake worth a clear message
 GRID_FLAGS = {
@@ -27,18 +33,68 @@ GRID_FLAGS = {
 INIT_RANK_FACTOR = 2
 
 
+# what a setting's value may hold to be part of a folder name
+VALUE_CHARS = re.compile(r"^[A-Za-z0-9.+_-]+$")
+
+Setting = tuple[tuple[str, str], ...]  # ((flag, value), ...) of the cell's hyperparameter axes, in axis order
+Axes = dict[str | None, list[tuple[str, list[str]]]]  # method (None: every method) -> [(flag, values), ...]
+
+
 @dataclass(frozen=True)
 class Cell:
     method: str
     rank: int | None  # None for full fine-tuning
     seed: int
+    setting: Setting = ()
 
     @property
     def name(self) -> str:
-        return f"{self.method}_s{self.seed}" if self.rank is None else f"{self.method}_r{self.rank}_s{self.seed}"
+        parts = [self.method] + ([] if self.rank is None else [f"r{self.rank}"])
+        parts += [f"{flag}={value}" for flag, value in self.setting] + [f"s{self.seed}"]
+        return "_".join(parts)
 
 
-def build_grid(methods: Sequence[str], ranks: Sequence[int], seeds: Sequence[int]) -> list[Cell]:
+def setting_label(setting: Setting | dict | None) -> str:
+    """ "reg_weight=0.01, r_hat=2" ("" for no setting)."""
+    items = setting.items() if isinstance(setting, dict) else (setting or ())
+    return ", ".join(f"{flag}={value}" for flag, value in items)
+
+
+def parse_axes(specs: Sequence[str]) -> Axes:
+    """`FLAG=V1,V2` (every method) or `METHOD:FLAG=V1,V2` (that method's cells) -> {method or None: axes}."""
+    out: Axes = {}
+    for spec in specs:
+        head, eq, values = spec.partition("=")
+        method, sep, flag = head.rpartition(":") if ":" in head else (None, "", head)
+        flag = flag.strip().lstrip("-")
+        items = split_list(values)
+        if not eq or not flag or not items:
+            raise ConfigError(f"--grid {spec!r} is not [METHOD:]FLAG=V1,V2,... (e.g. rm-lora:reg_weight=0.01,0.1)")
+        if method is not None and method not in METHODS:
+            raise ConfigError(f"--grid {spec!r}: unknown method {method!r}; choose from {', '.join(METHODS)}")
+        if flag in GRID_FLAGS:
+            raise ConfigError(f"--grid {spec!r}: {flag} is set by the grid, use {GRID_FLAGS[flag]}")
+        bad = [v for v in items if not VALUE_CHARS.match(v)]
+        if bad:
+            raise ConfigError(f"--grid {spec!r}: value {bad[0]!r} would not make a folder name (letters, digits, .+-_)")
+        axes = out.setdefault(method, [])
+        if any(f == flag for f, _ in axes):
+            raise ConfigError(f"--grid {spec!r}: {flag} is already an axis{'' if method is None else ' of ' + method}")
+        axes.append((flag, list(dict.fromkeys(items))))
+    return out
+
+
+def method_settings(method: str, axes: Axes | None) -> list[Setting]:
+    """Every setting of a method's cells: the product of the common axes and the method's own ones."""
+    merged = dict((axes or {}).get(None, []))
+    merged.update(dict((axes or {}).get(method, [])))  # a method's own axis replaces a common one of that flag
+    flags = list(merged)
+    return [tuple(zip(flags, values)) for values in itertools.product(*(merged[f] for f in flags))]
+
+
+def build_grid(
+    methods: Sequence[str], ranks: Sequence[int], seeds: Sequence[int], axes: Axes | None = None
+) -> list[Cell]:
     """Cells seed by seed, so an interrupted sweep has whole comparisons for its first seeds."""
     for m in methods:
         if m not in METHODS:
@@ -52,7 +108,7 @@ def build_grid(methods: Sequence[str], ranks: Sequence[int], seeds: Sequence[int
     for seed in dict.fromkeys(int(s) for s in seeds):
         for method in dict.fromkeys(methods):
             for rank in [None] if method == "full" else dict.fromkeys(int(r) for r in ranks):
-                cells.append(Cell(method, rank, seed))
+                cells += [Cell(method, rank, seed, setting) for setting in method_settings(method, axes)]
     return cells
 
 
@@ -102,6 +158,10 @@ def cell_args(
     elif rank is not None:
         grid += ["--lora_r", str(rank)]
     args = defaults + list(common) + grid
+    for key, value in cell.setting:
+        if any(k == key for k, _ in overrides.get(cell.method, [])):
+            raise ConfigError(f"--grid {key} and --override {cell.method}:{key} both set {key}: keep one of them")
+        args += [f"--{key}", value]
     for key, value in overrides.get(cell.method, []):
         args += [f"--{key}", value]
     return args

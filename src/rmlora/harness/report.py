@@ -33,6 +33,7 @@ from rmlora.harness.aggregate import (
 from rmlora.harness.labels import method_name
 from rmlora.harness.plots.curves import plot_curves
 from rmlora.harness.plots.spectra import plot_spectra
+from rmlora.harness.selection import report_records
 from rmlora.io.atomic import write_text
 from rmlora.io.run_files import (
     FIGURES_DIR,
@@ -75,7 +76,9 @@ def method_label(method: str, rank: int | None = None, ranks: dict | None = None
 
 def row_label(key: tuple, runs: Sequence[dict]) -> str:
     method, rank = key
-    return method_label(method, rank, runs[0].get("ranks"))
+    label = method_label(method, rank, runs[0].get("ranks"))
+    setting = runs[0].get("selected_setting")  # chosen on validation (rmlora.harness.selection)
+    return f"{label} ({setting})" if setting else label
 
 
 def metric_label(name: str, split: str | None = None) -> str:
@@ -303,7 +306,8 @@ def write_report(output_dir: str, title: str = "RM-LoRA comparison") -> dict:
     records = list(results.by_cell().values())
     if not records:
         raise DataError(f"{output_dir} has no finished runs in {RESULTS_NAME}: run `rmlora compare` first")
-    notes = list(results.skipped)
+    records, selection = report_records(output_dir, records)
+    notes = list(results.skipped) + selection
     sections = group_by(records, ("task", "model"))
     figures_by_section: dict[str, list[str]] = {}
     written: list[str] = []

@@ -21,21 +21,24 @@ instead of once per cell saves seconds per cell (most of a tiny run's time) and 
 progress bar sit under the sweep's. `isolate=True` runs each cell as a `rmlora train` subprocess instead,
 for long sweeps where a crash, an out-of-memory kill or leaked accelerator memory in one cell must not
 take the next cells with it; its output then goes to runs/<cell>/train.log and the bar shows the epochs
-done.
+done. With an `executor` (rmlora.harness.executors: `--jobs N` local processes or `--backend ray` tasks) up
+to that many cells run at once, each in its own process writing only its own run folder; this process waits
+on them and appends each cell's results line as it finishes, so results.jsonl has one writer. A cell whose
+process was killed (or whose Ray worker or node died) is retried up to `max_retries` times; a cell that still
+fails, or fails on its own, is reported with the last lines of its train.log while the others go on.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import os
 import shutil
-import signal
+import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass, field
 
 import torch
@@ -43,6 +46,7 @@ from tqdm.auto import tqdm
 
 from rmlora.errors import ConfigError, DataError, RMLoraError
 from rmlora.harness.arguments import parse_args
+from rmlora.harness.executors import CellJob, CellOutcome, sigterm_unwinds, train_command
 from rmlora.harness.grid import (
     INIT_RANK_FACTOR,
     Cell,
@@ -73,14 +77,11 @@ class SweepResult:
     recovered: list[str] = field(default_factory=list)  # finished run whose results line was missing
     trained: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (cell, one-line reason), with keep_going
+    retried: list[str] = field(default_factory=list)  # one entry per retry of a killed cell
+    log_tails: dict[str, list[str]] = field(default_factory=dict)  # failed cell -> last lines of its train.log
 
 
 TrainFn = Callable[[list[str]], int]
-
-
-def train_command(argv: list[str]) -> list[str]:
-    """The command line of one isolated cell."""
-    return [sys.executable, "-m", "rmlora.cli.main", "train", *argv]
 
 
 def _train_in_process(argv: list[str]) -> int:
@@ -105,8 +106,14 @@ class Sweep:
         keep_going: bool = False,
         progress: bool = True,
         init_rank_factor: int = INIT_RANK_FACTOR,
+        executor=None,
+        max_retries: int = 1,
     ):
         check_train_args(common_args)
+        if int(max_retries) < 0:
+            raise ConfigError(f"--max_retries must be 0 or more, got {max_retries}")
+        self.executor = executor  # None: one cell at a time in this process (or one subprocess with isolate)
+        self.max_retries = int(max_retries)
         if int(init_rank_factor) < 1:
             raise ConfigError(f"--init_rank_factor must be at least 1, got {init_rank_factor}")
         self.init_rank_factor = int(init_rank_factor)
@@ -125,6 +132,17 @@ class Sweep:
 
     def args(self, cell: Cell) -> list[str]:
         return cell_args(cell, self.common_args, self.overrides, self.init_rank_factor)
+
+    def spec(self, cell: Cell) -> dict:
+        """cell.json of a cell: what it is and its train flags."""
+        return {
+            "cell": cell.name,
+            "method": cell.method,
+            "rank": cell.rank,
+            "seed": cell.seed,
+            "setting": dict(cell.setting),
+            "train_args": self.args(cell),
+        }
 
     def validate(self) -> None:
         """Parse every cell's flags with `rmlora train`'s own parser, training nothing: a typo or a bad value
@@ -183,6 +201,7 @@ class Sweep:
             method=cell.method,
             rank=cell.rank,
             seed=cell.seed,
+            setting=dict(cell.setting),
             run_dir=os.path.join(RUNS_DIR, cell.name),
             train_args=spec.get("train_args"),
             ranks=cell_ranks(cell.method, spec.get("train_args") or self.args(cell)),
@@ -211,6 +230,9 @@ class Sweep:
 
         bar = _progress_bar(len(self.cells), len(self.cells) - len(todo), enabled=self.progress)
         try:
+            if self.executor is not None:
+                self._run_parallel(todo, bar, result)
+                return result
             for cell in todo:
                 bar.set_postfix_str(cell.name)
                 try:
@@ -239,18 +261,78 @@ class Sweep:
             # an interrupted run: its checkpoints and half-written files are not worth trusting
             shutil.rmtree(run_dir)
         os.makedirs(run_dir)
-        args = self.args(cell)
-        write_json(
-            os.path.join(run_dir, CELL_NAME),
-            {"cell": cell.name, "method": cell.method, "rank": cell.rank, "seed": cell.seed, "train_args": args},
-        )
-        argv = args + ["--output_dir", run_dir]
+        write_json(os.path.join(run_dir, CELL_NAME), self.spec(cell))
+        argv = self.args(cell) + ["--output_dir", run_dir]
         rc = self._subprocess(cell, argv, bar) if self.isolate else self._in_process(argv)
         if rc != 0:
             raise RuntimeError(f"rmlora train exited with status {rc}")
         if read_json(os.path.join(run_dir, METRICS_NAME)) is None:
             raise RuntimeError(f"rmlora train finished without writing {METRICS_NAME}")
         append_result(self.results_path, self._record(cell))
+
+    def _run_parallel(self, todo: Sequence[Cell], bar, result: SweepResult) -> None:
+        """Every cell submitted to the executor; lines appended here, in the order the cells finish."""
+        attempts = dict.fromkeys((c.name for c in todo), 0)
+
+        def submit(cell: Cell):
+            attempts[cell.name] += 1
+            job = CellJob(
+                cell.name, self.run_dir(cell), self.spec(cell), self.args(cell) + ["--output_dir", self.run_dir(cell)]
+            )
+            return self.executor.submit(job)
+
+        pending = {submit(cell): cell for cell in todo}
+
+        def show() -> None:
+            running = min(len(pending), getattr(self.executor, "jobs", len(pending)))
+            bar.set_postfix_str(f"running {running}, failed {len(result.failed)}")
+
+        try:
+            with sigterm_unwinds():
+                show()
+                while pending:
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        cell = pending.pop(future)
+                        outcome: CellOutcome = future.result()
+                        problem = self._finish(cell, outcome)
+                        if problem is None:
+                            result.trained.append(cell.name)
+                            bar.update(1)
+                        elif outcome.killed and attempts[cell.name] <= self.max_retries:
+                            result.retried.append(cell.name)
+                            bar.write(f"cell {cell.name} was killed ({problem}); retrying")
+                            pending[submit(cell)] = cell
+                        else:
+                            result.failed.append((cell.name, problem))
+                            result.log_tails[cell.name] = outcome.log_tail
+                            bar.write(f"cell {cell.name} failed ({problem}); going on")
+                            bar.update(1)
+                        show()
+        finally:
+            self.executor.shutdown()
+
+    def _finish(self, cell: Cell, outcome: CellOutcome) -> str | None:
+        """Append the line of a cell whose process ended well; else the one-line reason it did not."""
+        if outcome.error and outcome.rc is None and not outcome.killed:
+            # the worker could not make the run folder: every cell would fail alike, so stop here
+            raise ConfigError(
+                f"cell {cell.name}: {outcome.error}: --output_dir must be on storage every worker can write "
+                "(with Ray: a folder mounted at the same path on every node)"
+            )
+        if outcome.rc != 0:
+            how = outcome.error or (
+                f"killed by signal {-outcome.rc}" if outcome.rc and outcome.rc < 0 else f"exit status {outcome.rc}"
+            )
+            return f"rmlora train {how}"
+        if read_json(os.path.join(self.run_dir(cell), METRICS_NAME)) is None:
+            where = f" on {outcome.host}" if outcome.host and outcome.host != socket.gethostname() else ""
+            return (
+                f"rmlora train finished{where} but {os.path.join(self.run_dir(cell), METRICS_NAME)} is not here: "
+                "is --output_dir on storage shared with the workers?"
+            )
+        append_result(self.results_path, self._record(cell))
+        return None
 
     def _in_process(self, argv: list[str]) -> int:
         try:
@@ -263,7 +345,7 @@ class Sweep:
     def _subprocess(self, cell: Cell, argv: list[str], bar) -> int:
         command = train_command(argv)
         history = os.path.join(self.run_dir(cell), HISTORY_NAME)
-        with open(os.path.join(self.run_dir(cell), TRAIN_LOG_NAME), "w", encoding="utf-8") as log, _sigterm_unwinds():
+        with open(os.path.join(self.run_dir(cell), TRAIN_LOG_NAME), "w", encoding="utf-8") as log, sigterm_unwinds():
             proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
             try:
                 while True:
@@ -278,25 +360,6 @@ class Sweep:
                         proc.wait(timeout=30)
                     except subprocess.TimeoutExpired:
                         proc.kill()
-
-
-@contextlib.contextmanager
-def _sigterm_unwinds():
-    """SIGTERM's default action ends Python at once, without running `finally`, which would leave an isolated
-    cell's child training on; while a child runs, SIGTERM raises SystemExit(143) instead, so the `finally`
-    above stops the child first. Only the main thread may set handlers; elsewhere nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def unwind(signum, frame):
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, unwind)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _count_lines(path: str) -> int:
