@@ -2,17 +2,23 @@
 
 Shared by GLUE (glue.py) and local text files (text.py): tokenization with dynamic padding
 (DataCollatorWithPadding), AutoModelForSequenceClassification with the label set in its config, and
-predictions -> metrics. Decoder models (GPT-2, Llama) need a pad token to find each sequence's last
-token; when the tokenizer has none, its end-of-sequence token is used, as transformers' examples do.
+predictions -> metrics. With `--lora_placement head` and a head that reads one pooled vector per text
+(BERT's classifier after its pooler), the frozen backbone's pooled outputs are computed once and cached,
+and only the head trains on them (features.py), as for images. Decoder models (GPT-2, Llama) need a pad
+token to find each sequence's last token; when the tokenizer has none, its end-of-sequence token is used, as transformers' examples do.
 """
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 
 from rmlora.tasks.base import Task, encode_label_column, ensure_pad_token
 from rmlora.tasks.data import require_columns
 from rmlora.tasks.loading import from_pretrained_quietly, load_tokenizer
+
+logger = logging.getLogger(__name__)
 
 
 class SequenceClassificationTask(Task):
@@ -24,6 +30,10 @@ class SequenceClassificationTask(Task):
         self.text_column = data_args.text_column or "text"
         self.text_pair_column = data_args.text_pair_column
         self.label_column = data_args.label_column or "label"
+        self.feature_head: str | None = None  # set when the head trains alone on cached pooled features
+        self._backbone = None
+        self.batch_size, self.device = 32, "cpu"
+        self.feature_cache_hits: dict[str, bool] = {}
 
     # -- labels ----------------------------------------------------------------------------------------
     def _label_aliases(self) -> dict:
@@ -96,6 +106,33 @@ class SequenceClassificationTask(Task):
         self.processing_class = tokenizer
         return model
 
+    def place_lora(self, model, lora_args, method: str):
+        from rmlora.tasks.features import FeatureClassifier, head_reads_pooled_input, single_linear_head
+
+        model = super().place_lora(model, lora_args, method)
+        if method == "full" and self.model_args.lora_placement == "head":
+            self.placement = "head"  # full fine-tuning of the head alone: cached features as for LoRA on the head
+        if self.placement != "head" or not self.data_args.cache_features:
+            return model
+        head = single_linear_head(model)
+        probe = self.processing_class(["a probe text"], return_tensors="pt")
+        if head is None or not head_reads_pooled_input(model, head, probe):
+            # e.g. GPT-2's score layer runs on every token and the last one is picked after it
+            logger.warning(
+                "the head of %s does not read one pooled vector: features are not cached", type(model).__name__
+            )
+            return model
+        self.feature_head, self._backbone = head, model
+        return FeatureClassifier(model.get_submodule(head), head, model.config)
+
+    def prepare_datasets(self) -> None:
+        super().prepare_datasets()
+        if self.feature_head is not None:
+            from transformers import default_data_collator
+
+            self.data_collator = default_data_collator
+            self._backbone = None  # the frozen backbone is no longer needed: free it
+
     # -- datasets --------------------------------------------------------------------------------------
     def _prepare(self, ds, split: str):
         from transformers import DataCollatorWithPadding
@@ -111,12 +148,46 @@ class SequenceClassificationTask(Task):
             return tokenizer(first, second, truncation=True, max_length=max_length)
 
         keep = {"labels"}
-        return ds.map(
+        tokens = ds.map(
             tokenize,
             batched=True,
             remove_columns=[c for c in ds.column_names if c not in keep],
             desc=f"tokenizing {split}",
         )
+        if self.feature_head is None:
+            return tokens
+        return self._cached_features(ds, tokens, split, max_length)
+
+    def _cached_features(self, raw, tokens, split: str, max_length: int):
+        """The head's inputs over `tokens`, from the cache when the same model, tokenizer, length, pooling and
+        data made them before (the key names each; see features.py)."""
+        from rmlora.tasks.features import cached_feature_dataset, model_identity, tokenizer_identity
+
+        m = self.model_args
+        parts = {
+            "model": model_identity(m.model_name_or_path, m.model_revision, m.gguf_file),
+            "config": self._backbone.config.to_json_string(use_diff=False),
+            "tokenizer": tokenizer_identity(self.processing_class),
+            "max_seq_length": max_length,
+            "columns": [self.text_column, self.text_pair_column],
+            "pooling": type(self._backbone).__name__,  # the architecture decides how the head's input is pooled
+            "head": self.feature_head,
+            "data": raw._fingerprint,
+        }
+        cache_dir = self.data_args.feature_cache_dir
+        ds, hit, path = cached_feature_dataset(
+            parts,
+            cache_dir,
+            self._backbone,
+            self.feature_head,
+            tokens,
+            self.data_collator,
+            self.batch_size,
+            self.device,
+        )
+        self.feature_cache_hits[split] = hit
+        logger.info("features of %s: %s (%s)", split, "cache hit" if hit else "computed", path)
+        return ds
 
     # -- metrics ---------------------------------------------------------------------------------------
     def predictions(self, logits) -> np.ndarray:

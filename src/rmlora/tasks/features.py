@@ -1,9 +1,10 @@
 """Cached backbone features for LoRA on the task head only (the paper's Figure 1 placement).
 
-When LoRA sits only on the classification layer, everything before that layer is frozen, so its output
-for an image does not change during training. It is computed once (a forward pre-hook on the head
-captures the head's input, in eval mode), cached on disk, and the model that trains is the head alone
-(`FeatureClassifier`), fed with those features: an epoch costs a matrix product instead of a backbone
+When LoRA sits only on the classification layer, everything before that layer is frozen, so its input
+for an image (or a text's pooled vector) does not change during training. It is computed once (a
+forward pre-hook on the head captures the head's input, in eval mode), cached on disk, and the model that
+trains is the head alone (`FeatureClassifier`),
+fed with those features: an epoch costs a matrix product instead of a backbone
 pass. The head keeps its module path (e.g. `classifier`), so the adapter it produces loads onto the
 full model with `PeftModel.from_pretrained` as it is.
 
@@ -13,7 +14,9 @@ without that dropout here, and no data augmentation can be applied to cached fea
 
 The cache key hashes what determines the features: the model (its path or hub id and revision, the
 size and modification time of its weight files, its config), the image processor's settings, the head's
-name and the dataset split's `datasets` fingerprint (which follows its files, subset and order).
+name and the dataset split's `datasets` fingerprint (which follows its files, subset and order). For text
+it also holds the tokenizer, the effective max_seq_length, the text columns and the model class (which
+decides the pooling: BERT's pooler, a CLS token, ...), so a cache made under other settings is never reused.
 """
 
 from __future__ import annotations
@@ -132,3 +135,45 @@ def cached(cache_dir: str, key: str, compute) -> tuple[dict[str, torch.Tensor], 
     save_file(tensors, tmp)
     os.replace(tmp, path)
     return tensors, False
+
+
+def tokenizer_identity(tokenizer) -> dict:
+    """What decides a tokenizer's ids: its class, vocabulary size, init settings and special tokens."""
+    settings = {k: v for k, v in tokenizer.init_kwargs.items() if isinstance(v, (str, int, float, bool, type(None)))}
+    return {
+        "class": type(tokenizer).__name__,
+        "vocab_size": len(tokenizer),
+        "settings": settings,
+        "special": {k: str(v) for k, v in tokenizer.special_tokens_map.items()},
+        "padding_side": tokenizer.padding_side,
+        "truncation_side": tokenizer.truncation_side,
+    }
+
+
+@torch.no_grad()
+def head_reads_pooled_input(model: nn.Module, head_name: str, batch: dict) -> bool:
+    """Whether the head's input is one vector per example (N x d), found by one eval-mode forward of `batch`.
+    Only then can it be cached: a head applied to every token (GPT-2's score) gets N x T x d."""
+    shapes = []
+    hook = model.get_submodule(head_name).register_forward_pre_hook(lambda module, args: shapes.append(args[0].dim()))
+    was_training = model.training
+    model.eval()
+    try:
+        model(**batch)
+    finally:
+        hook.remove()
+        model.train(was_training)
+    return shapes == [2]
+
+
+def cached_feature_dataset(parts: dict, cache_dir, model, head_name, dataset, collator, batch_size, device):
+    """(Dataset of {"features", "labels"} in torch format, cache hit, cache file) for the split `dataset`."""
+    from datasets import Dataset
+
+    key = cache_key(parts)
+    cache_dir = cache_dir or default_cache_dir()
+    tensors, hit = cached(
+        cache_dir, key, lambda: extract_features(model, head_name, dataset, collator, batch_size, device)
+    )
+    ds = Dataset.from_dict({"features": tensors["features"].numpy(), "labels": tensors["labels"].numpy()})
+    return ds.with_format("torch"), hit, os.path.join(cache_dir, f"{key}.safetensors")
