@@ -5,7 +5,8 @@ Shared by GLUE (glue.py) and local text files (text.py): tokenization with dynam
 predictions -> metrics. With `--lora_placement head` and a head that reads one pooled vector per text
 (BERT's classifier after its pooler), the frozen backbone's pooled outputs are computed once and cached,
 and only the head trains on them (features.py), as for images. Decoder models (GPT-2, Llama) need a pad
-token to find each sequence's last token; when the tokenizer has none, its end-of-sequence token is used, as transformers' examples do.
+token to find each sequence's last token; when the tokenizer has none, its end-of-sequence token is used, as
+transformers' examples do.
 """
 
 from __future__ import annotations
