@@ -96,7 +96,7 @@ def run_cell_job(
         try:
             rc = proc.wait()
         finally:
-            _stop(proc)
+            stop_process(proc)
             if running is not None:
                 running.discard(proc)
     return CellOutcome(rc, killed=rc < 0, log_tail=log_tail(job.run_dir), host=host)
@@ -111,7 +111,8 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 30 s: a cell's process never outlives the sweep that started it."""
     if proc.poll() is None:
         proc.terminate()
         try:

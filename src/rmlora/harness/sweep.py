@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from rmlora.errors import ConfigError, DataError, RMLoraError
 from rmlora.harness.arguments import parse_args
-from rmlora.harness.executors import CellJob, CellOutcome, sigterm_unwinds, train_command
+from rmlora.harness.executors import CellJob, CellOutcome, sigterm_unwinds, stop_process, train_command
 from rmlora.harness.grid import (
     INIT_RANK_FACTOR,
     Cell,
@@ -354,12 +354,7 @@ class Sweep:
                     except subprocess.TimeoutExpired:
                         bar.set_postfix_str(f"{cell.name}: {_count_lines(history)} epochs done")
             finally:
-                if proc.poll() is None:
-                    proc.terminate()
-                    try:
-                        proc.wait(timeout=30)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
+                stop_process(proc)
 
 
 def _count_lines(path: str) -> int:
