@@ -171,7 +171,7 @@ def naive_choice(results_path):
     return min((float(k), k) for k, v in means.items() if v == best)[1], means
 
 
-def test_selection_on_the_tiny_grid_follows_validation_and_ignores_test_labels(tmp_path, monkeypatch, closed_figures):
+def test_selection_on_the_tiny_grid_follows_validation_and_ignores_test_labels(tmp_path, monkeypatch, saved_figures):
     from helpers import save_text_model, tmp_env
 
     tmp_env(monkeypatch, tmp_path)
