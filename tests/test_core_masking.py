@@ -134,3 +134,45 @@ def test_only_active_adapter_is_touched():
     assert len(rm.pairs) == 4  # 2 layers x (query, value) of "default" only
     active = {id(p) for n, p in model.named_parameters() if ".default." in n and "lora_" in n}
     assert {id(p.A) for p in rm.pairs} | {id(p.B) for p in rm.pairs} <= active
+
+
+@pytest.mark.parametrize(("compensation", "mode"), [("linear", "strict"), ("sqrt", "grad"), ("none", "strict")])
+def test_step_compensation_scales_the_selected_update_by_r_over_r_hat(compensation, mode):
+    """Against the naive formula under plain SGD: W ← W − lr·c·(mask ⊙ ∇W), c = R/r̂ (linear), √(R/r̂) or 1."""
+    R, r_hat, lr = 8, 2, 0.05
+    model = peft_bert(r=R)
+    rm = RMLora(model, RMLoraConfig(method="gm-lora", r_hat=r_hat, mask_mode=mode, step_compensation=compensation))
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
+    params = lora_params(model)
+    backward(model, rm)
+    w0 = {n: p.detach().clone() for n, p in params.items()}
+    g0 = {n: p.grad.detach().clone() for n, p in params.items()}
+    rm.before_optimizer_step(opt, 3)
+    opt.step()
+    rm.after_optimizer_step(opt, 3)
+    c = {"linear": R / r_hat, "sqrt": (R / r_hat) ** 0.5, "none": 1.0}[compensation]
+    dirs = rm.directions(3)
+    for n, p in params.items():
+        a_idx, b_idx = dirs[module_of(n)]
+        keep = torch.zeros(R)
+        if "lora_A" in n:
+            keep[a_idx] = 1
+            mask = keep[:, None]
+        else:
+            keep[b_idx] = 1
+            mask = keep[None, :]
+        expected = w0[n] - lr * c * mask * g0[n]
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_step_compensation_is_off_for_unmasked_methods():
+    model = peft_bert(r=4)
+    rm = RMLora(model, RMLoraConfig(method="lora", step_compensation="linear"))
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    name, A = next((n, p) for n, p in lora_params(model).items() if "lora_A" in n)
+    backward(model, rm)
+    expected = A.detach() - 0.1 * A.grad
+    rm.before_optimizer_step(opt, 0)
+    opt.step()
+    rm.after_optimizer_step(opt, 0)
+    torch.testing.assert_close(A.detach(), expected)

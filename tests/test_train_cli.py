@@ -262,40 +262,57 @@ def test_demo_runs_end_to_end_on_tiny_stand_ins(tmp_path, monkeypatch, capsys):
     bert = save_text_model(str(tmp_path / "bert"), "bert", num_labels=3)
     monkeypatch.setattr(demo, "demo_assets", lambda: (bert, TWEETS))
     out = tmp_path / "demo"
-    rc = main(
-        [
-            "demo",
-            "--output_dir",
-            str(out),
-            "--train_samples",
-            "12",
-            "--test_samples",
-            "6",
-            "--train_eval_samples",
-            "6",
-            "--epochs",
-            "2",
-            "--lora_r",
-            "4",
-        ]
-    )
-    assert rc == 0
+    flags = ["demo", "--output_dir", str(out), "--train_samples", "12", "--test_samples", "6"]
+    flags += ["--train_eval_samples", "6", "--epochs", "2", "--lora_r", "4", "--seeds", "0,1"]
+    assert main(flags) == 0
     text = capsys.readouterr().out
-    assert "LoRA " in text and "RM-LoRA" in text and "test acc" in text
+    assert "LoRA " in text and "RM-LoRA" in text and "test acc" in text and "paired difference" in text
     assert (out / "curves.png").exists() and (out / "curves.svg").exists()
     summary = json.loads((out / "summary.json").read_text())
     rm = next(r for r in summary["rows"] if r["label"] == "RM-LoRA")
-    metrics = json.loads((out / "rm-lora" / "metrics.json").read_text())
-    assert rm["test_accuracy"] == metrics["metrics"]["test_accuracy"]
+    lora = next(r for r in summary["rows"] if r["label"] == "LoRA")
+    per_seed = {
+        (m, s): json.loads((out / m / f"seed{s}" / "metrics.json").read_text())["metrics"]
+        for m in ("lora", "rm-lora")
+        for s in (0, 1)
+    }
+    assert rm["test_accuracy"] == [per_seed["rm-lora", s]["test_accuracy"] for s in (0, 1)]
     assert rm["generalization_error"] == pytest.approx(
-        metrics["metrics"]["train_accuracy"] - metrics["metrics"]["test_accuracy"]
+        [per_seed["rm-lora", s]["train_accuracy"] - per_seed["rm-lora", s]["test_accuracy"] for s in (0, 1)]
     )
+    diffs = [per_seed["rm-lora", s]["test_accuracy"] - per_seed["lora", s]["test_accuracy"] for s in (0, 1)]
+    assert summary["differences"]["RM-LoRA"] == pytest.approx(diffs)
+    assert summary["verdict"] in text and summary["verdict"] == demo_run.verdict("RM-LoRA", "LoRA", diffs, 6)
+    assert lora["seeds"] == [0, 1]
+    # the two seeds are different runs of the same data
+    assert per_seed["lora", 0] != per_seed["lora", 1]
+    # rerun with the same flags: every run is read back, none retrained
+    stamp = (out / "rm-lora" / "seed1" / "metrics.json").stat().st_mtime_ns
+    assert main(flags) == 0
+    assert (out / "rm-lora" / "seed1" / "metrics.json").stat().st_mtime_ns == stamp
+    capsys.readouterr()
     # the subset is class-balanced and train / test are disjoint
     import pandas as pd
 
     train, test = pd.read_csv(out / "data" / "train.csv"), pd.read_csv(out / "data" / "test.csv")
     assert sorted(train["sentiment"].value_counts().tolist()) == [4, 4, 4]
     assert not set(train["text"]) & set(test["text"])
+
+
+@pytest.mark.parametrize(
+    ("diffs", "says"),
+    [
+        ([0.002, -0.003], "are level"),
+        ([0.02, 0.01], "beat LoRA on all 2 seeds"),
+        ([-0.02, -0.01], "fell below LoRA on all 2 seeds"),
+        ([0.03, -0.02], "The seeds disagree"),
+        ([0.03, 0.0], "The seeds disagree"),
+    ],
+)
+def test_demo_verdict_follows_the_signs_of_the_paired_differences(diffs, says):
+    sentence = demo_run.verdict("RM-LoRA", "LoRA", diffs, 300)
+    assert says in sentence
+    assert f"{min(diffs):+.3f}" in sentence and f"{max(diffs):+.3f}" in sentence
 
 
 @pytest.mark.integration

@@ -41,6 +41,7 @@ REG_FORMS = ("squared", "frobenius", "frd")
 REG_REDUCTIONS = ("normalized", "sum", "mean")
 MASK_SAMPLINGS = ("shared", "independent")
 MASK_MODES = ("grad", "strict")
+STEP_COMPENSATIONS = ("none", "linear", "sqrt")
 
 # methods whose loss carries the orthogonality penalty / whose updates are masked
 PENALIZED = ("r-lora", "rm-lora")
@@ -110,6 +111,14 @@ class RMLoraConfig:
             "decay still move them); strict: unselected rows/columns keep weights and optimizer state unchanged."
         },
     )
+    step_compensation: str = field(
+        default="none",
+        metadata={
+            "help": "Scale each masked optimizer step's change of the LoRA matrices, like inverted dropout, so that a "
+            "direction updated on r̂/R of the steps travels as far as under LoRA: linear by R/r̂, sqrt by √(R/r̂), "
+            "none leaves the step as the optimizer made it (docs/THEORY.md, 'Masked steps and the learning rate')."
+        },
+    )
     mask_first_step: bool = field(
         default=True, metadata={"help": "Mask the first optimizer step too (the released code does not)."}
     )
@@ -128,6 +137,7 @@ class RMLoraConfig:
         _choice("reg_reduction", self.reg_reduction, REG_REDUCTIONS)
         _choice("mask_sampling", self.mask_sampling, MASK_SAMPLINGS)
         _choice("mask_mode", self.mask_mode, MASK_MODES)
+        _choice("step_compensation", self.step_compensation, STEP_COMPENSATIONS)
         if isinstance(self.r_hat, bool) or not isinstance(self.r_hat, (int, float)):
             raise ConfigError(f"r_hat must be an int ≥ 1 or a float in (0, 1], got {self.r_hat!r}")
         if isinstance(self.r_hat, float):

@@ -5,7 +5,8 @@
     loss.backward()
     rm.before_optimizer_step(optimizer, step)   # masks the gradients (and snapshots, in strict mode)
     optimizer.step()
-    rm.after_optimizer_step(optimizer, step)    # strict mode: restores the unselected directions
+    rm.after_optimizer_step(optimizer, step)    # strict mode: restores the unselected directions;
+                                                # step_compensation: scales the step's change by R/r̂
     optimizer.zero_grad()
 
 Only the LoRA matrices of the active adapter are touched; heads and `modules_to_save` train normally.
@@ -32,7 +33,7 @@ from rmlora.core.masking import (
 )
 from rmlora.core.pairs import LoraPair, PairGroup, group_pairs, require_lora_pairs
 from rmlora.core.penalty import add_penalty_gradient, orthogonality_penalty
-from rmlora.core.sharding import add_to_grad, gather, is_sharded, shard_mask
+from rmlora.core.sharding import add_to_grad, gather, is_sharded, local, shard_mask
 from rmlora.errors import ConfigError
 
 
@@ -79,10 +80,16 @@ class RMLora:
         self._buckets = [(gis, torch.cat([keys[gi] for gi in gis])) for gis in buckets.values()]
         self._prepared_step: int | None = None
         self._snapshots: list[GroupSnapshot] = []
+        self._before_step: list[tuple[list[torch.Tensor], torch.Tensor, float]] = []  # step_compensation
         # DeepSpeed ZeRO-3 leaves each rank an empty placeholder of every parameter outside forward
         self._sharded = any(hasattr(p.A, "ds_id") or p.A.numel() == 0 for p in self.pairs)
         # FSDP2 (fully_shard) makes every parameter a DTensor holding a slice of the matrix (rmlora.core.sharding)
         self._fsdp = any(is_sharded(t) for p in self.pairs for t in (p.A, p.B))
+        if self._sharded and self.config.uses_masking and self.config.step_compensation != "none":
+            raise ConfigError(
+                "step_compensation needs the LoRA matrices on every rank; under DeepSpeed ZeRO-3 they are partitioned: "
+                "use step_compensation='none', or FSDP2 (torch.distributed.fsdp.fully_shard)"
+            )
 
     # -- penalty -------------------------------------------------------------------------------------
     def penalty(self) -> torch.Tensor:
@@ -174,9 +181,11 @@ class RMLora:
             return
         self._prepared_step = step
         self._snapshots = []
+        self._before_step = []
         if not self.masks_step(step):
             return
         strict = self.config.mask_mode == "strict"
+        compensation = self.config.step_compensation
         for gis, a_idx, b_idx in self._bucket_directions(step):
             g0 = self.groups[gis[0]]
             a_mask = direction_mask(a_idx, g0.rank, g0.pairs[0].A.dtype)
@@ -191,6 +200,11 @@ class RMLora:
                     mask_stacked_gradients(params, keep)
                     if strict:
                         self._snapshots.append(take_group_snapshot(optimizer, params, keep))
+                    if compensation != "none":
+                        ratio = group.rank / self._r_hat[gi]
+                        scale = ratio if compensation == "linear" else ratio**0.5
+                        weights = torch.stack([local(p.detach()) for p in params])
+                        self._before_step.append((params, weights, scale))
 
     def after_optimizer_step(self, optimizer, step: int) -> None:
         """Strict mode: write back the unselected rows/columns and their optimizer state."""
@@ -198,5 +212,14 @@ class RMLora:
             return
         for snap in self._snapshots:
             restore_group_snapshot(optimizer, snap)
+        # step_compensation: W ← W_before + scale · (W − W_before), after strict mode's restore (so the unselected
+        # rows/columns, unchanged there, stay unchanged). Written here rather than as a learning-rate change so that
+        # it holds in any loop and under any optimizer and schedule the user brings.
+        with torch.no_grad():
+            for params, before, scale in self._before_step:
+                now = torch.stack([local(p.detach()) for p in params])
+                now.sub_(before).mul_(scale).add_(before)
+                torch._foreach_copy_([local(p) for p in params], list(now.unbind(0)))
+        self._before_step = []
         self._snapshots = []
         self._prepared_step = None

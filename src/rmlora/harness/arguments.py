@@ -21,7 +21,15 @@ import transformers
 from transformers import HfArgumentParser, TrainingArguments
 
 from rmlora import __version__
-from rmlora.config import MASK_MODES, MASK_SAMPLINGS, METHODS, REG_FORMS, REG_REDUCTIONS, RMLoraConfig
+from rmlora.config import (
+    MASK_MODES,
+    MASK_SAMPLINGS,
+    METHODS,
+    REG_FORMS,
+    REG_REDUCTIONS,
+    STEP_COMPENSATIONS,
+    RMLoraConfig,
+)
 from rmlora.errors import ConfigError, RMLoraError
 from rmlora.methods import AdaLoraArguments, LoraArguments, SoraArguments
 from rmlora.tasks import DataArguments, ModelArguments
@@ -35,6 +43,7 @@ _CHOICES = {
     "reg_reduction": REG_REDUCTIONS,
     "mask_sampling": MASK_SAMPLINGS,
     "mask_mode": MASK_MODES,
+    "step_compensation": STEP_COMPENSATIONS,
 }
 
 

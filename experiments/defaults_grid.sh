@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Experiment 5: the evidence behind RMLoraConfig's defaults (issue "defaults that help"), on three real tasks:
+#   wordnet  MiniLM-L6, WordNet gloss -> lexicographer category (40 classes), LoRA on the head (cached features), R 16
+#   fmnist   DINOv2-S/14, Fashion-MNIST 112 px (10 classes), LoRA on the head (cached features), R 4
+#   tweets   MiniLM-L6, tweet sentiment (3 classes), LoRA on every encoder linear layer, R 8
+# All at the default penalty (reg_form squared, reg_reduction normalized), seeds 0 and 1, chosen on validation
+# accuracy (mean over the seeds), never on test.
+# Stage lr: lora and rm-lora (λ 0.1, r̂ R/2) over the same 3-point learning-rate grid, rm-lora with and without
+#           step_compensation=linear (each masked step's change scaled by R/r̂). Gives both protocols: each
+#           method at its own validated lr, and every method at LoRA's lr (the paper's one-lr protocol).
+# Stage reg: rm-lora at its stage-lr choice of (lr, step_compensation) over reg_weight {0.01, 0.1, 1} x r_hat
+#           {0.5, 0.75} (tweets: r_hat 0.5 only, for time).
+# Summary: experiments/defaults_summary.py writes $OUT/defaults/summary.md (docs/RESULTS.md, experiment 5).
+#   TASKS="wordnet fmnist" bash experiments/defaults_grid.sh    # a subset
+source "$(dirname "$0")/common.sh"
+need_dino
+D=$OUT/data/wordnet
+[ -f $D/test.csv ] || .venv/bin/python -m rmlora.tasks.wordnet --output_dir $D --train_per_class 200 \
+  --validation_per_class 40 --test_per_class 60 --seed 1234
+RUN=(--save_strategy no --report_to none --disable_tqdm true --no_progress --jobs $JOBS --threads_per_cell 1)
+WORDNET=(--model_name_or_path "$MINILM" --task_name text --train_file $D/train.csv --validation_file $D/validation.csv
+  --test_file $D/test.csv --text_column text --label_column label --max_seq_length 64
+  --lora_placement head --feature_cache_dir $OUT/feature_cache --lora_alpha 16 --ranks 16
+  --num_train_epochs 20 --per_device_train_batch_size 128 --per_device_eval_batch_size 512 --train_eval_samples 1000)
+FMNIST=(--model_name_or_path $DINO --task_name image --data_dir $OUT/data/fmnist_head --image_size 112
+  --lora_placement head --feature_cache_dir $OUT/feature_cache --lora_alpha 16 --ranks 4
+  --num_train_epochs 60 --per_device_train_batch_size 64 --per_device_eval_batch_size 512 --train_eval_samples 1000)
+TWEETS=(--model_name_or_path "$MINILM" --task_name text
+  --train_file $OUT/data/tweets/tweets_trainpool.csv --test_file $OUT/data/tweets/tweets_test.csv
+  --text_column text --label_column sentiment --validation_split_percentage 10
+  --max_train_samples 960 --max_eval_samples 200 --max_test_samples 500 --train_eval_samples 120
+  --max_seq_length 48 --lora_placement all --lora_alpha 16 --ranks 8
+  --num_train_epochs 2 --per_device_train_batch_size 16 --per_device_eval_batch_size 64)
+declare -A LRS=([wordnet]=1e-2,3e-2,1e-1 [fmnist]=1e-3,3e-3,1e-2 [tweets]=1e-3,2e-3,4e-3)
+declare -A RHATS=([wordnet]=0.5,0.75 [fmnist]=0.5,0.75 [tweets]=0.5)
+mkdir -p $OUT/defaults
+for T in ${TASKS:-wordnet fmnist tweets}; do
+  declare -n ARGS=${T^^}
+  G=$OUT/defaults/$T
+  start=$(date +%s)
+  # head tasks: one run extracts the backbone features into the cache (two threads) before the cells share it
+  [ $T = tweets ] || OMP_NUM_THREADS=2 $RMLORA compare --output_dir $G/extract --methods full --seeds 0 --no_report \
+    --save_strategy no --report_to none --disable_tqdm true --no_progress "${ARGS[@]}" --num_train_epochs 1 > $G.extract.log 2>&1
+  $RMLORA compare --output_dir $G/lr --methods lora rm-lora --seeds 0 1 --no_report "${RUN[@]}" "${ARGS[@]}" \
+    --grid learning_rate=${LRS[$T]} --grid rm-lora:step_compensation=none,linear --select_on validation \
+    > $G.lr.log 2>&1
+  read LR SC < <(chosen $G/lr rm-lora learning_rate step_compensation)
+  echo "$T: rm-lora chose lr=$LR step_compensation=$SC on validation"
+  $RMLORA compare --output_dir $G/reg --methods rm-lora --seeds 0 1 --no_report "${RUN[@]}" "${ARGS[@]}" \
+    --learning_rate $LR --step_compensation $SC --grid reg_weight=0.01,0.1,1 --grid r_hat=${RHATS[$T]} \
+    --select_on validation > $G.reg.log 2>&1
+  echo "$T: wall $(( $(date +%s) - start )) s"
+done
+.venv/bin/python experiments/defaults_summary.py $OUT/defaults > $OUT/defaults/summary.md
+cat $OUT/defaults/summary.md

@@ -1,0 +1,101 @@
+"""Markdown summary of experiment 5 (experiments/defaults_grid.sh): per task, the learning-rate stage (lora and
+rm-lora with / without step compensation over one lr grid; validation and test accuracy, mean over seeds), the two
+protocols (each method at its own validated lr; every method at LoRA's validated lr, as in the paper) with the
+per-seed paired difference to LoRA, and the penalty stage (reg_weight x r_hat for rm-lora).
+
+    python experiments/defaults_summary.py experiments/out/defaults > experiments/out/defaults/summary.md
+"""
+
+import argparse
+import json
+import os
+import statistics as st
+from collections import defaultdict
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("folder", help="experiments/out/defaults (one sub-folder per task, each with lr/ and reg/)")
+args = parser.parse_args()
+
+
+def records(path):
+    file = os.path.join(path, "results.jsonl")
+    if not os.path.exists(file):
+        return []
+    return [json.loads(line) for line in open(file) if line.strip()]
+
+
+def ms(xs):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "–"
+    return f"{st.mean(xs):.4f}" + (f" ± {st.stdev(xs):.4f}" if len(xs) > 1 else "")
+
+
+def variant(r):
+    s = r.get("setting") or {}
+    comp = s.get("step_compensation")
+    return r["method"] + (f" ({comp} comp.)" if comp else "")
+
+
+def by_seed(rs, key):
+    return {r["seed"]: r["metrics"].get(key) for r in rs}
+
+
+for task in sorted(os.listdir(args.folder)):
+    folder = os.path.join(args.folder, task)
+    lr_runs = records(os.path.join(folder, "lr"))
+    if not lr_runs:
+        continue
+    print(f"## {task}\n")
+    cells = defaultdict(list)  # (variant, lr) -> runs over seeds
+    for r in lr_runs:
+        cells[(variant(r), r["setting"]["learning_rate"])].append(r)
+    variants = sorted({v for v, _ in cells}, key=lambda v: (v != "lora", v))
+    lrs = sorted({lr for _, lr in cells}, key=float)
+    print("Learning-rate stage: validation accuracy / test accuracy / train accuracy (mean over seeds)\n")
+    print("| variant | " + " | ".join(f"lr {lr}" for lr in lrs) + " |")
+    print("|---|" + "---:|" * len(lrs))
+    best = {}
+    for v in variants:
+        row = []
+        for lr in lrs:
+            rs = cells.get((v, lr), [])
+            val = [r["metrics"].get("eval_accuracy") for r in rs]
+            test = [r["metrics"].get("test_accuracy") for r in rs]
+            train = [r["metrics"].get("train_accuracy") for r in rs]
+            row.append(" / ".join(f"{st.mean(x):.3f}" if x and None not in x else "–" for x in (val, test, train)))
+            if val and None not in val:
+                score = st.mean(val)
+                if v not in best or score > best[v][0] + 1e-12:  # ties: the smaller lr (sorted first)
+                    best[v] = (score, lr)
+        print(f"| {v} | " + " | ".join(row) + " |")
+    print()
+    if "lora" not in best:
+        continue
+    lora_lr = best["lora"][1]
+    lora_own = by_seed(cells[("lora", lora_lr)], "test_accuracy")
+    print("| protocol | variant | lr | test acc | paired diff − LoRA (per seed) |")
+    print("|---|---|---:|---:|---:|")
+    for protocol in ("own lr (validated per method)", "LoRA's lr (paper)"):
+        for v in variants:
+            lr = best[v][1] if protocol.startswith("own") else lora_lr
+            rs = cells.get((v, lr), [])
+            test = by_seed(rs, "test_accuracy")
+            diffs = [test[s] - lora_own[s] for s in test if s in lora_own and test[s] is not None]
+            print(f"| {protocol} | {v} | {lr} | {ms(list(test.values()))} | {ms(diffs)} |")
+    print()
+    reg_runs = records(os.path.join(folder, "reg"))
+    if reg_runs:
+        cells = defaultdict(list)
+        for r in reg_runs:
+            cells[(r["setting"]["reg_weight"], r["setting"]["r_hat"])].append(r)
+        print("Penalty stage (rm-lora at its chosen lr and compensation): validation / test accuracy\n")
+        print("| reg_weight | r_hat | validation acc | test acc | paired diff − LoRA (test) |")
+        print("|---:|---:|---:|---:|---:|")
+        for key in sorted(cells, key=lambda k: (float(k[0]), float(k[1]))):
+            rs = cells[key]
+            test = by_seed(rs, "test_accuracy")
+            diffs = [test[s] - lora_own[s] for s in test if s in lora_own and test[s] is not None]
+            val = [r["metrics"].get("eval_accuracy") for r in rs]
+            print(f"| {key[0]} | {key[1]} | {ms(val)} | {ms(list(test.values()))} | {ms(diffs)} |")
+        print()
