@@ -1,7 +1,7 @@
 """A/B of the rm-lora hooks: this checkout's rmlora against another copy of the package, in one process.
 
-    mkdir -p /tmp/old && git archive a23607a src/rmlora | tar -x -C /tmp/old --strip-components=1
-    python bench/hooks_ab.py --other /tmp/old --layers 4
+    mkdir -p build/old && git archive a23607a src/rmlora | tar -x -C build/old --strip-components=1
+    python bench/hooks_ab.py --other build/old --layers 4
 
 Both RMLora objects drive the same GPT-2-small-shaped PEFT model and optimizer, alternately, step by
 step; the medians are of process CPU time (the machine may be shared). The optimizer step between the

@@ -5,11 +5,14 @@
 #   tweets   MiniLM-L6, tweet sentiment (3 classes), LoRA on every encoder linear layer, R 8
 # All at the default penalty (reg_form squared, reg_reduction normalized), seeds 0 and 1, chosen on validation
 # accuracy (mean over the seeds), never on test.
-# Stage lr: lora and rm-lora (λ 0.1, r̂ R/2) over the same 3-point learning-rate grid, rm-lora with and without
-#           step_compensation=linear (each masked step's change scaled by R/r̂). Gives both protocols: each
-#           method at its own validated lr, and every method at LoRA's lr (the paper's one-lr protocol).
-# Stage reg: rm-lora at its stage-lr choice of (lr, step_compensation) over reg_weight {0.01, 0.1, 1} x r_hat
-#           {0.5, 0.75} (tweets: r_hat 0.5 only, for time).
+# Stage lr: lora, r-lora, gm-lora and rm-lora (λ 0.1, r̂ R/2) over the same 3-point learning-rate grid, the masked
+#           ones with and without step_compensation=linear (each masked step's change scaled by R/r̂); tweets: lora
+#           and rm-lora only, for time. Gives both protocols: each method at its own validated lr, and every method
+#           at LoRA's lr (the paper's one-lr protocol).
+# Stage reg: rm-lora at its stage-lr choice of (lr, step_compensation) over reg_form {squared, frd} x reg_weight
+#           {0.001, 0.01, 0.1, 1} x r_hat {0.5, 0.75} (tweets: reg_weight {0.001, 0.01, 0.1}, r_hat 0.5 only, for time).
+#           squared pulls every singular value of A and B to 1, so it fixes the scale of ΔW = (α/R)·BA; frd (the
+#           released code's cosine form) only asks the directions to be orthogonal, whatever their lengths.
 # Summary: experiments/defaults_summary.py writes $OUT/defaults/summary.md (docs/RESULTS.md, experiment 5).
 #   TASKS="wordnet fmnist" bash experiments/defaults_grid.sh    # a subset
 source "$(dirname "$0")/common.sh"
@@ -33,6 +36,8 @@ TWEETS=(--model_name_or_path "$MINILM" --task_name text
   --num_train_epochs 2 --per_device_train_batch_size 16 --per_device_eval_batch_size 64)
 declare -A LRS=([wordnet]=1e-2,3e-2,1e-1 [fmnist]=1e-3,3e-3,1e-2 [tweets]=1e-3,2e-3,4e-3)
 declare -A RHATS=([wordnet]=0.5,0.75 [fmnist]=0.5,0.75 [tweets]=0.5)
+declare -A RWS=([wordnet]=0.001,0.01,0.1,1 [fmnist]=0.001,0.01,0.1,1 [tweets]=0.001,0.01,0.1)
+declare -A METHODS=([wordnet]="lora r-lora gm-lora rm-lora" [fmnist]="lora r-lora gm-lora rm-lora" [tweets]="lora rm-lora")
 mkdir -p $OUT/defaults
 for T in ${TASKS:-wordnet fmnist tweets}; do
   declare -n ARGS=${T^^}
@@ -41,13 +46,14 @@ for T in ${TASKS:-wordnet fmnist tweets}; do
   # head tasks: one run extracts the backbone features into the cache (two threads) before the cells share it
   [ $T = tweets ] || OMP_NUM_THREADS=2 $RMLORA compare --output_dir $G/extract --methods full --seeds 0 --no_report \
     --save_strategy no --report_to none --disable_tqdm true --no_progress "${ARGS[@]}" --num_train_epochs 1 > $G.extract.log 2>&1
-  $RMLORA compare --output_dir $G/lr --methods lora rm-lora --seeds 0 1 --no_report "${RUN[@]}" "${ARGS[@]}" \
-    --grid learning_rate=${LRS[$T]} --grid rm-lora:step_compensation=none,linear --select_on validation \
+  $RMLORA compare --output_dir $G/lr --methods ${METHODS[$T]} --seeds 0 1 --no_report "${RUN[@]}" "${ARGS[@]}" \
+    --grid learning_rate=${LRS[$T]} --grid rm-lora:step_compensation=none,linear \
+    --grid gm-lora:step_compensation=none,linear --select_on validation \
     > $G.lr.log 2>&1
   read LR SC < <(chosen $G/lr rm-lora learning_rate step_compensation)
   echo "$T: rm-lora chose lr=$LR step_compensation=$SC on validation"
   $RMLORA compare --output_dir $G/reg --methods rm-lora --seeds 0 1 --no_report "${RUN[@]}" "${ARGS[@]}" \
-    --learning_rate $LR --step_compensation $SC --grid reg_weight=0.01,0.1,1 --grid r_hat=${RHATS[$T]} \
+    --learning_rate $LR --step_compensation $SC --grid reg_form=squared,frd --grid reg_weight=${RWS[$T]} --grid r_hat=${RHATS[$T]} \
     --select_on validation > $G.reg.log 2>&1
   echo "$T: wall $(( $(date +%s) - start )) s"
 done

@@ -1,7 +1,7 @@
 """Markdown summary of experiment 5 (experiments/defaults_grid.sh): per task, the learning-rate stage (lora and
 rm-lora with / without step compensation over one lr grid; validation and test accuracy, mean over seeds), the two
 protocols (each method at its own validated lr; every method at LoRA's validated lr, as in the paper) with the
-per-seed paired difference to LoRA, and the penalty stage (reg_weight x r_hat for rm-lora).
+per-seed paired difference to LoRA, and the penalty stage (reg_form x reg_weight x r_hat for rm-lora).
 
     python experiments/defaults_summary.py experiments/out/defaults > experiments/out/defaults/summary.md
 """
@@ -88,14 +88,15 @@ for task in sorted(os.listdir(args.folder)):
     if reg_runs:
         cells = defaultdict(list)
         for r in reg_runs:
-            cells[(r["setting"]["reg_weight"], r["setting"]["r_hat"])].append(r)
+            setting = r["setting"]
+            cells[(setting.get("reg_form", "squared"), setting["reg_weight"], setting["r_hat"])].append(r)
         print("Penalty stage (rm-lora at its chosen lr and compensation): validation / test accuracy\n")
-        print("| reg_weight | r_hat | validation acc | test acc | paired diff − LoRA (test) |")
-        print("|---:|---:|---:|---:|---:|")
-        for key in sorted(cells, key=lambda k: (float(k[0]), float(k[1]))):
+        print("| reg_form | reg_weight | r_hat | validation acc | test acc | paired diff − LoRA (test) |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for key in sorted(cells, key=lambda k: (k[0], float(k[1]), float(k[2]))):
             rs = cells[key]
             test = by_seed(rs, "test_accuracy")
             diffs = [test[s] - lora_own[s] for s in test if s in lora_own and test[s] is not None]
             val = [r["metrics"].get("eval_accuracy") for r in rs]
-            print(f"| {key[0]} | {key[1]} | {ms(val)} | {ms(list(test.values()))} | {ms(diffs)} |")
+            print(f"| {key[0]} | {key[1]} | {key[2]} | {ms(val)} | {ms(list(test.values()))} | {ms(diffs)} |")
         print()

@@ -205,3 +205,23 @@ def test_lora_methods_update_only_adapters_and_heads(tmp_path, build, targets, b
             assert not moved, f"frozen {n} moved"
     assert any(not torch.equal(p.detach(), start[n]) for n, p in model.named_parameters() if "lora_B" in n)
     assert any(not torch.equal(p.detach(), start[n]) for n, p in model.named_parameters() if "modules_to_save" in n)
+
+
+@pytest.mark.parametrize(("method", "refused"), [("rm-lora", True), ("gm-lora", True), ("r-lora", False)])
+def test_masking_methods_are_refused_under_deepspeed(tmp_path, monkeypatch, method, refused):
+    """DeepSpeed steps the optimizer inside backward, before the masks could act (docs/RELIABILITY.md): the
+    Trainer's own DeepSpeed flag, set as accelerate sets it, makes RMLoraTrainer refuse the masking methods."""
+    original = Trainer.create_accelerator_and_postprocess
+
+    def as_under_deepspeed(self):
+        original(self)
+        self.is_deepspeed_enabled = True
+
+    monkeypatch.setattr(Trainer, "create_accelerator_and_postprocess", as_under_deepspeed)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    build = lambda: RMLoraTrainer(model=peft_bert(r=4), args=args, rmlora_config=RMLoraConfig(method=method))  # noqa: E731
+    if refused:
+        with pytest.raises(ConfigError, match="DeepSpeed"):
+            build()
+    else:
+        assert build().is_deepspeed_enabled

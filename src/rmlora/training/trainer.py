@@ -48,6 +48,17 @@ class _StepHooks(TrainerCallback):
         self.trainer.rmlora.after_optimizer_step(optimizer, state.global_step)
 
 
+def refuse_deepspeed_masking(config: RMLoraConfig, deepspeed: bool) -> None:
+    """Masking cannot act under DeepSpeed: accelerate runs engine.step() inside backward, before the Trainer's
+    on_pre_optimizer_step, and the gradients live in DeepSpeed's partitioned buffers (docs/RELIABILITY.md)."""
+    if deepspeed and config.uses_masking:
+        raise ConfigError(
+            f"method {config.method!r} masks the LoRA updates, which DeepSpeed steps past (the optimizer has stepped "
+            "before the masks could act, so they would silently do nothing): train it with DDP or FSDP2 "
+            "(accelerate launch / torchrun), or use r-lora (the penalty alone) under DeepSpeed"
+        )
+
+
 class RMLoraTrainer(Trainer):
     """`RMLoraTrainer(model=peft_model, ..., rmlora_config=RMLoraConfig(...))`.
 
@@ -71,6 +82,7 @@ class RMLoraTrainer(Trainer):
         if nonfinite_loss not in ("raise", "skip"):
             raise ConfigError(f"nonfinite_loss must be 'raise' or 'skip', got {nonfinite_loss!r}")
         self.rmlora = build_training_method(self.model, rmlora_config, **(method_settings or {}))
+        refuse_deepspeed_masking(self.rmlora.config, self.is_deepspeed_enabled)
         self.nonfinite_loss = nonfinite_loss
         self.skipped_steps: list[int] = []
         self._skip_this_step = False
