@@ -47,9 +47,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
 
 def build_parser() -> argparse.ArgumentParser:
     d = DEFAULTS
-    parser = argparse.ArgumentParser(
-        prog="rmlora demo", description=__doc__, formatter_class=_Formatter
-    )
+    parser = argparse.ArgumentParser(prog="rmlora demo", description=__doc__, formatter_class=_Formatter)
     parser.add_argument(
         "--output_dir",
         default=d.output_dir,
