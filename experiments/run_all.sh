@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every run of docs/RESULTS.md, one after the other (experiment 3 reuses experiment 1's choice of
-# reg_weight / r_hat), each printing its wall time; logs in experiments/out/*.log. About 1.5 hours on an
-# idle 2-core CPU. Finished cells are skipped when it is run again.
+# reg_weight / r_hat; experiments 4 and 6 run with the settings experiment 5 chose, written out below), each
+# printing its wall time; logs in experiments/out/*.log. About 3 hours on an idle 2-core CPU. Finished cells are
+# skipped when it is run again.
 set -euo pipefail
 cd "$(dirname "$0")"
 for E in table5_fashion_mnist_head attention_fashion_mnist table1_tweets_minilm \

@@ -22,6 +22,18 @@ torch.set_num_threads(1)
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 FIXTURES = os.path.join(TESTS, "fixtures")
+RTE = os.path.join(FIXTURES, "glue", "rte")
+
+
+def tiny_rte_flags(model_dir: str, learning_rate: str | None = "1e-2") -> list[str]:
+    """`rmlora train` / `compare` flags of the tests' small RTE run: the fixture's train and validation files, 2
+    epochs of batch 8, r̂ = 2, no reporting; `learning_rate=None` leaves the lr to the caller (a grid)."""
+    flags = ["--model_name_or_path", model_dir, "--task_name", "rte"]
+    flags += ["--train_file", os.path.join(RTE, "train.tsv"), "--validation_file", os.path.join(RTE, "validation.tsv")]
+    flags += ["--num_train_epochs", "2", "--per_device_train_batch_size", "8"]
+    if learning_rate is not None:
+        flags += ["--learning_rate", learning_rate]
+    return flags + ["--r_hat", "2", "--report_to", "none", "--disable_tqdm", "true"]
 
 
 def tiny_bert(num_labels: int = 3, seed: int = 0):

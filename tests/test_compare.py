@@ -12,6 +12,7 @@ import os
 import pytest
 
 import rmlora.harness.sweep as sweep_mod
+from helpers import tiny_rte_flags
 from rmlora.cli.main import main as rmlora_main
 from rmlora.errors import ConfigError, DataError
 from rmlora.harness.grid import Cell, build_grid, cell_args, cell_ranks, flag_map, parse_overrides
@@ -447,8 +448,6 @@ def test_cli_compare_then_report_rebuilds_from_results(tmp_path, monkeypatch, ca
 
 # -- the real thing -----------------------------------------------------------------------------------
 
-RTE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "glue", "rte")
-
 
 def test_tiny_end_to_end_grid(tmp_path, monkeypatch, saved_figures):
     """2 methods × 1 rank × 2 seeds of `rmlora train` on a tiny BERT, then the report; a rerun trains nothing."""
@@ -472,26 +471,7 @@ def test_tiny_end_to_end_grid(tmp_path, monkeypatch, saved_figures):
         "0",
         "1",
         "--no_progress",
-        "--model_name_or_path",
-        model,
-        "--task_name",
-        "rte",
-        "--train_file",
-        os.path.join(RTE, "train.tsv"),
-        "--validation_file",
-        os.path.join(RTE, "validation.tsv"),
-        "--num_train_epochs",
-        "2",
-        "--per_device_train_batch_size",
-        "8",
-        "--learning_rate",
-        "1e-2",
-        "--r_hat",
-        "2",
-        "--report_to",
-        "none",
-        "--disable_tqdm",
-        "true",
+        *tiny_rte_flags(model),
     ]
     start = time.time()
     assert rmlora_main(argv) == 0

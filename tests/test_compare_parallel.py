@@ -19,12 +19,12 @@ import torch
 from safetensors.torch import load_file
 
 import rmlora.harness.executors as executors_mod
+from helpers import tiny_rte_flags
 from rmlora.cli.main import main as rmlora_main
 from rmlora.errors import ConfigError
 from rmlora.harness.executors import CellJob, LocalExecutor, RayExecutor
 from rmlora.io.run_files import read_results
 
-RTE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "glue", "rte")
 CELLS = ["lora_r4_s0", "lora_r4_s1", "rm-lora_r4_s0", "rm-lora_r4_s1"]
 
 
@@ -41,26 +41,7 @@ def tiny_argv(model, out, *extra):
         "0,1",
         "--no_progress",
         "--no_report",
-        "--model_name_or_path",
-        model,
-        "--task_name",
-        "rte",
-        "--train_file",
-        os.path.join(RTE, "train.tsv"),
-        "--validation_file",
-        os.path.join(RTE, "validation.tsv"),
-        "--num_train_epochs",
-        "2",
-        "--per_device_train_batch_size",
-        "8",
-        "--learning_rate",
-        "1e-2",
-        "--r_hat",
-        "2",
-        "--report_to",
-        "none",
-        "--disable_tqdm",
-        "true",
+        *tiny_rte_flags(model),
         *extra,
     ]
 

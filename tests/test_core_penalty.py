@@ -109,6 +109,28 @@ def test_gradient_at_peft_initialisation_b_zero(form):
         torch.testing.assert_close(p.grad.double(), w.double(), rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("path", ["closed form", "autograd"])
+def test_frd_gradient_is_finite_with_some_zero_directions(path):
+    """Strict masking keeps B's unselected columns at PEFT's 0 while the selected ones grow: zero and nonzero
+    directions side by side (D = ε there, whose square underflows float32). Against the naive formula's gradient."""
+    model = peft_bert(r=4)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p[:, 1:3] = 0  # two of four columns still zero
+    rm = RMLora(model, RMLoraConfig(method="r-lora", reg_form="frd", reg_weight=1.0))
+    params = [p for n, p in model.named_parameters() if "lora_" in n]
+    want = torch.autograd.grad(naive_penalty(model, "frd", "normalized", 1.0), params)
+    if path == "closed form":
+        rm.add_penalty_gradient()
+        got = [p.grad for p in params]
+    else:
+        got = torch.autograd.grad(rm.penalty(), params)
+    for g, w in zip(got, want):
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g.double(), w.double(), rtol=1e-4, atol=1e-7)
+
+
 def test_frd_trains_with_masks_through_the_callback_and_the_loss():
     # rm-lora with reg_form="frd": masked steps change only the selected rows, and the penalty goes down
     model = peft_bert(r=4)

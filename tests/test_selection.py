@@ -10,13 +10,12 @@ import statistics
 
 import pytest
 
+from helpers import RTE, tiny_rte_flags
 from rmlora.cli.main import main as rmlora_main
 from rmlora.errors import ConfigError
 from rmlora.harness.grid import build_grid, cell_args, flag_map, parse_axes, parse_overrides
 from rmlora.harness.selection import check_criterion, selected_records
 from rmlora.io.run_files import read_results
-
-RTE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "glue", "rte")
 
 
 def test_axes_make_one_cell_per_value_with_the_setting_in_name_and_flags():
@@ -122,26 +121,9 @@ def tiny_grid_argv(model, out, test_file, extra=()):
         "--select_on",
         "validation:loss",  # continuous: on 12 validation rows two settings rarely tie in loss
         "--no_progress",
-        "--model_name_or_path",
-        model,
-        "--task_name",
-        "rte",
-        "--train_file",
-        os.path.join(RTE, "train.tsv"),
-        "--validation_file",
-        os.path.join(RTE, "validation.tsv"),
+        *tiny_rte_flags(model, learning_rate=None),
         "--test_file",
         test_file,
-        "--num_train_epochs",
-        "2",
-        "--per_device_train_batch_size",
-        "8",
-        "--r_hat",
-        "2",
-        "--report_to",
-        "none",
-        "--disable_tqdm",
-        "true",
         *extra,
     ]
 

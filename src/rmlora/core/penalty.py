@@ -49,9 +49,13 @@ def _gram_minus_identity(stacked: torch.Tensor, rows: bool) -> torch.Tensor:
 
 
 def _frd_parts(x: torch.Tensor, rows: bool):
-    """Gram G, direction norms n (n x R), D = n nᵀ + ε and |cos| C = |G| / D with a zero diagonal."""
-    gram = _gram(x, rows)
-    norms = x.float().norm(dim=2 if rows else 1)
+    """Gram G, direction norms n (n x R), D = n nᵀ + ε and |cos| C = |G| / D with a zero diagonal.
+
+    The R x R part runs in float64: with a zero direction (B's columns start at 0, and strict masking keeps the
+    unselected ones there) D = ε = 1e-30, whose square, in the gradient, underflows float32 to 0 and made 0/0 = NaN.
+    """
+    gram = _gram(x, rows).double()
+    norms = x.float().norm(dim=2 if rows else 1).double()
     denom = norms[:, :, None] * norms[:, None, :] + FRD_EPS
     cos = gram.abs() / denom
     cos.diagonal(dim1=1, dim2=2).zero_()  # distinct pairs only (the released code subtracts the trace)
@@ -61,7 +65,7 @@ def _frd_parts(x: torch.Tensor, rows: bool):
 def _frd_terms(cos: torch.Tensor) -> torch.Tensor:
     r = cos.shape[-1]
     # R = 1 has no distinct pair: 0 (the released code would divide by R² − R = 0)
-    return cos.sum((1, 2)) / max(r * r - r, 1)
+    return (cos.sum((1, 2)) / max(r * r - r, 1)).float()
 
 
 def _forward(x: torch.Tensor, rows: bool, form: str):
@@ -90,7 +94,7 @@ def _frd_gradient(x, gram, norms, denom, rows: bool, scale: torch.Tensor) -> tor
     v.diagonal(dim1=1, dim2=2).zero_()
     v = v.sum(2)
     v = torch.where(norms > 0, v / norms.clamp_min(1e-30), torch.zeros_like(v))
-    w = (w - torch.diag_embed(v)) * coef  # scale the R x R factor, not the n x R x d product
+    w = ((w - torch.diag_embed(v)) * coef).to(x.dtype)  # scale the R x R factor, not the n x R x d product
     return w @ x if rows else x @ w
 
 
