@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Experiment 5: the evidence behind RMLoraConfig's defaults (issue "defaults that help"), on three real tasks:
+# Experiment 7: the evidence behind RMLoraConfig's defaults (issue "defaults that help"), on three real tasks:
 #   wordnet  MiniLM-L6, WordNet gloss -> lexicographer category (40 classes), LoRA on the head (cached features), R 16
 #   fmnist   DINOv2-S/14, Fashion-MNIST 112 px (10 classes), LoRA on the head (cached features), R 4
 #   tweets   MiniLM-L6, tweet sentiment (3 classes), LoRA on every encoder linear layer, R 8
@@ -13,7 +13,9 @@
 #           {0.001, 0.01, 0.1, 1} x r_hat {0.5, 0.75} (tweets: reg_weight {0.001, 0.01, 0.1}, r_hat 0.5 only, for time).
 #           squared pulls every singular value of A and B to 1, so it fixes the scale of ΔW = (α/R)·BA; frd (the
 #           released code's cosine form) only asks the directions to be orthogonal, whatever their lengths.
-# Summary: experiments/defaults_summary.py writes $OUT/defaults/summary.md (docs/RESULTS.md, experiment 5).
+# Stage confirm: rm-lora at the stage-reg choice of penalty, over the lr grid again, with and without compensation
+#           (stage lr chose rm-lora's lr at λ 0.1; this removes that dependence); gm-lora / r-lora are not rerun.
+# Summary: experiments/defaults_summary.py writes $OUT/defaults/summary.md (docs/RESULTS.md, experiment 7).
 #   TASKS="wordnet fmnist" bash experiments/defaults_grid.sh    # a subset
 source "$(dirname "$0")/common.sh"
 need_dino
@@ -55,6 +57,11 @@ for T in ${TASKS:-wordnet fmnist tweets}; do
   $RMLORA compare --output_dir $G/reg --methods rm-lora --seeds 0 1 --no_report "${RUN[@]}" "${ARGS[@]}" \
     --learning_rate $LR --step_compensation $SC --grid reg_form=squared,frd --grid reg_weight=${RWS[$T]} --grid r_hat=${RHATS[$T]} \
     --select_on validation > $G.reg.log 2>&1
+  read RF RW RH < <(chosen $G/reg rm-lora reg_form reg_weight r_hat)
+  echo "$T: rm-lora chose reg_form=$RF reg_weight=$RW r_hat=$RH on validation"
+  $RMLORA compare --output_dir $G/confirm --methods rm-lora --seeds 0 1 --no_report "${RUN[@]}" "${ARGS[@]}" \
+    --reg_form $RF --reg_weight $RW --r_hat $RH --grid learning_rate=${LRS[$T]} --grid step_compensation=none,linear \
+    --select_on validation > $G.confirm.log 2>&1
   echo "$T: wall $(( $(date +%s) - start )) s"
 done
 .venv/bin/python experiments/defaults_summary.py $OUT/defaults > $OUT/defaults/summary.md

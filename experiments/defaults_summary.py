@@ -1,4 +1,4 @@
-"""Markdown summary of experiment 5 (experiments/defaults_grid.sh): per task, the learning-rate stage (lora and
+"""Markdown summary of experiment 7 (experiments/defaults_grid.sh): per task, the learning-rate stage (lora and
 rm-lora with / without step compensation over one lr grid; validation and test accuracy, mean over seeds), the two
 protocols (each method at its own validated lr; every method at LoRA's validated lr, as in the paper) with the
 per-seed paired difference to LoRA, and the penalty stage (reg_form x reg_weight x r_hat for rm-lora).
@@ -100,3 +100,33 @@ for task in sorted(os.listdir(args.folder)):
             val = [r["metrics"].get("eval_accuracy") for r in rs]
             print(f"| {key[0]} | {key[1]} | {key[2]} | {ms(val)} | {ms(list(test.values()))} | {ms(diffs)} |")
         print()
+    confirm_runs = records(os.path.join(folder, "confirm"))
+    if confirm_runs:
+        first = confirm_runs[0]["rmlora_config"]
+        print(
+            f"Confirmation stage (rm-lora at reg_form {first['reg_form']}, reg_weight {first['reg_weight']}, "
+            f"r_hat {first['r_hat']}): validation / test / train accuracy\n"
+        )
+        cells = defaultdict(list)
+        for r in confirm_runs:
+            cells[(r["setting"]["step_compensation"], r["setting"]["learning_rate"])].append(r)
+        print("| step_compensation | " + " | ".join(f"lr {lr}" for lr in lrs) + " |")
+        print("|---|" + "---:|" * len(lrs))
+        best_cell, best_score = None, None
+        for comp in sorted({c for c, _ in cells}):
+            row = []
+            for lr in lrs:
+                rs = cells.get((comp, lr), [])
+                cols = [[r["metrics"].get(k) for r in rs] for k in ("eval_accuracy", "test_accuracy", "train_accuracy")]
+                row.append(" / ".join(f"{st.mean(x):.3f}" if x and None not in x else "–" for x in cols))
+                if cols[0] and None not in cols[0] and (best_score is None or st.mean(cols[0]) > best_score + 1e-12):
+                    best_cell, best_score = (comp, lr), st.mean(cols[0])
+            print(f"| {comp} | " + " | ".join(row) + " |")
+        print()
+        if best_cell is not None:
+            test = by_seed(cells[best_cell], "test_accuracy")
+            diffs = [test[s] - lora_own[s] for s in test if s in lora_own]
+            print(
+                f"Chosen on validation: step_compensation {best_cell[0]}, lr {best_cell[1]}: test accuracy "
+                f"{ms(list(test.values()))}; paired difference to LoRA at its own validated lr {lora_lr}: {ms(diffs)}\n"
+            )

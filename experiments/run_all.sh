@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every run of docs/RESULTS.md, one after the other (experiment 3 reuses experiment 1's choice of
-# reg_weight / r_hat; experiments 4 and 6 run with the settings experiment 5 chose, written out below), each
+# reg_weight / r_hat; experiments 5 and 6 run with the settings experiment 7 chose, written out below), each
 # printing its wall time; logs in experiments/out/*.log. About 3 hours on an idle 2-core CPU. Finished cells are
 # skipped when it is run again.
 set -euo pipefail

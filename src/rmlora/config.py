@@ -14,6 +14,8 @@ exact sum, `RMLoraConfig.released_code()` the behaviour of the authors' released
 | mask_sampling        | "shared" (Algorithm 1)          | "shared"         | "independent" ("v2", GLUE script)    |
 | mask_mode            | "strict" (only R_t is updated)  | "strict"         | "grad" (`.grad *= mask`, AdamW still |
 |                      |                                 |                  |  moves masked rows)                  |
+| step_compensation    | "none" (steps as the optimizer  | "none"           | "none"                               |
+|                      |  made them)                     |                  |                                      |
 | mask_first_step      | True (every step is masked)     | True             | False (global step 0 unmasked)       |
 | mask_before_clipping | True (clip the masked gradient) | True             | False (clip norm of unmasked grads)  |
 
