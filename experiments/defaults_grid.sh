@@ -10,7 +10,7 @@
 #           and rm-lora only, for time. Gives both protocols: each method at its own validated lr, and every method
 #           at LoRA's lr (the paper's one-lr protocol).
 # Stage reg: rm-lora at its stage-lr choice of (lr, step_compensation) over reg_form {squared, frd} x reg_weight
-#           {0.001, 0.01, 0.1, 1} x r_hat {0.5, 0.75} (tweets: reg_weight {0.001, 0.01, 0.1}, r_hat 0.5 only, for time).
+#           {0.001, 0.01, 0.1, 1} x r_hat {0.5, 0.75} (tweets: reg_weight {0.001, 0.01} only, for time; stage lr ran 0.1).
 #           squared pulls every singular value of A and B to 1, so it fixes the scale of ΔW = (α/R)·BA; frd (the
 #           released code's cosine form) only asks the directions to be orthogonal, whatever their lengths.
 # Stage confirm: rm-lora at the stage-reg choice of penalty, over the lr grid again, with and without compensation
@@ -37,8 +37,8 @@ TWEETS=(--model_name_or_path "$MINILM" --task_name text
   --max_seq_length 48 --lora_placement all --lora_alpha 16 --ranks 8
   --num_train_epochs 2 --per_device_train_batch_size 16 --per_device_eval_batch_size 64)
 declare -A LRS=([wordnet]=1e-2,3e-2,1e-1 [fmnist]=1e-3,3e-3,1e-2 [tweets]=1e-3,2e-3,4e-3)
-declare -A RHATS=([wordnet]=0.5,0.75 [fmnist]=0.5,0.75 [tweets]=0.5)
-declare -A RWS=([wordnet]=0.001,0.01,0.1,1 [fmnist]=0.001,0.01,0.1,1 [tweets]=0.001,0.01,0.1)
+declare -A RHATS=([wordnet]=0.5,0.75 [fmnist]=0.5,0.75 [tweets]=0.5,0.75)
+declare -A RWS=([wordnet]=0.001,0.01,0.1,1 [fmnist]=0.001,0.01,0.1,1 [tweets]=0.001,0.01)
 declare -A METHODS=([wordnet]="lora r-lora gm-lora rm-lora" [fmnist]="lora r-lora gm-lora rm-lora" [tweets]="lora rm-lora")
 mkdir -p $OUT/defaults
 for T in ${TASKS:-wordnet fmnist tweets}; do

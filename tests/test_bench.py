@@ -226,7 +226,7 @@ def test_strict_mode_with_a_pair_that_got_no_gradient():
 # -- penalty: closed form with foreach vs autograd of a per-pair loop
 def test_closed_form_penalty_gradient_adds_to_existing_gradients():
     model = multi_group_model()
-    rm = RMLora(model, RMLoraConfig(method="r-lora", reg_weight=0.3, reg_reduction="sum"))
+    rm = RMLora(model, RMLoraConfig(method="r-lora", reg_form="squared", reg_weight=0.3, reg_reduction="sum"))
     params = [p for pair in rm.pairs for p in (pair.A, pair.B)]
     loop = sum(
         ((pair.A @ pair.A.T - torch.eye(pair.rank)) ** 2).sum()

@@ -3,15 +3,18 @@ import pytest
 from rmlora import ConfigError, RMLoraConfig
 
 
-def test_defaults_follow_the_paper_except_the_normalized_reduction():
+def test_defaults_are_the_validated_settings_of_the_readme():
+    # README, "Choosing the settings": chosen on docs/RESULTS.md's experiment 7
     c = RMLoraConfig()
-    assert (c.method, c.reg_form, c.reg_reduction, c.mask_sampling) == ("rm-lora", "squared", "normalized", "shared")
-    assert c.mask_first_step and c.mask_before_clipping and c.reg_weight == 0.1
+    assert (c.method, c.reg_form, c.reg_reduction, c.mask_sampling) == ("rm-lora", "frd", "normalized", "shared")
+    assert (c.reg_weight, c.r_hat, c.step_compensation, c.mask_mode) == (0.001, 0.75, "none", "strict")
+    assert c.mask_first_step and c.mask_before_clipping
 
 
 def test_paper_preset_is_eq10_summed():
     c = RMLoraConfig.paper()
     assert (c.reg_form, c.reg_reduction, c.mask_sampling, c.mask_mode) == ("squared", "sum", "shared", "strict")
+    assert (c.reg_weight, c.r_hat) == (0.001, 0.5)
     assert RMLoraConfig.paper(reg_weight=1e-3, reg_reduction="mean").reg_reduction == "mean"
     assert RMLoraConfig(reg_form="frd").reg_form == "frd"
 

@@ -100,7 +100,7 @@ def test_penalty_gradient_matches_autograd_of_naive_formula(form, reduction):
 def test_gradient_at_peft_initialisation_b_zero(form):
     # B = 0: frd's cosines are 0/ε (the released code's ε keeps them finite) and the norm is √R, not 0
     model = peft_bert(r=4, init_b_random=False)
-    rm = RMLora(model, RMLoraConfig(method="r-lora", reg_form=form))
+    rm = RMLora(model, RMLoraConfig(method="r-lora", reg_form=form, reg_weight=0.1))
     params = [p for n, p in model.named_parameters() if "lora_" in n]
     want = torch.autograd.grad(naive_penalty(model, form, "normalized", 0.1), params)
     rm.add_penalty_gradient()
@@ -159,7 +159,7 @@ def test_penalty_is_zero_for_lora_and_gm_lora():
 
 def test_penalty_float32_for_bf16_params_and_under_autocast():
     model = peft_bert().to(torch.bfloat16)
-    rm = RMLora(model, RMLoraConfig(method="rm-lora"))
+    rm = RMLora(model, RMLoraConfig(method="rm-lora", reg_form="squared", reg_weight=0.1))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         pen = rm.penalty()
     assert pen.dtype == torch.float32
@@ -176,7 +176,7 @@ def test_gpt2_conv1d_pairs_have_lora_shapes():
     for p in pairs:
         # c_attn: Conv1D(3*32, 32): d_in 32, d_out 96; c_fc: d_in 32, d_out 128
         assert p.A.shape == (4, 32) and p.B.shape[1] == 4 and p.B.shape[0] in (96, 128)
-    rm = RMLora(model, RMLoraConfig(method="r-lora", reg_reduction="sum"))
+    rm = RMLora(model, RMLoraConfig(method="r-lora", reg_form="squared", reg_reduction="sum", reg_weight=0.1))
     torch.testing.assert_close(rm.penalty().double(), naive_penalty(model, "squared", "sum", 0.1), rtol=1e-5, atol=1e-6)
 
 
@@ -221,11 +221,28 @@ DEFAULT_LAMBDA_BAND = (0.07, 0.08)
 @pytest.mark.parametrize("widths", [(64, 96, 128), (256, 512, 384)], ids=["narrow", "wide"])
 def test_default_lambda_puts_the_initial_penalty_in_a_fixed_band(rank, n_layers, widths):
     model, dims = lora_stack(n_layers, rank, widths)
-    rm = RMLora(model, RMLoraConfig(method="r-lora"))  # the defaults: squared, normalized, λ = 0.1
+    # the squared form under the default normalized reduction, at λ = 0.1
+    rm = RMLora(model, RMLoraConfig(method="r-lora", reg_form="squared", reg_weight=0.1))
     got = float(rm.penalty().detach())
     assert DEFAULT_LAMBDA_BAND[0] <= got <= DEFAULT_LAMBDA_BAND[1], got
     # and it is the value the initialisation predicts, not a coincidence of the band
     assert got == pytest.approx(0.1 * expected_initial(rank, dims[:-1]), rel=0.04)
+
+
+@pytest.mark.parametrize("rank", [4, 16, 64])
+@pytest.mark.parametrize("n_layers", [2, 24])
+def test_default_frd_penalty_is_at_most_lambda_and_independent_of_rank_and_layers(rank, n_layers):
+    """The defaults (frd, normalized, λ = 0.001) at PEFT's initialisation: B = 0 scores 0, and A's random rows score
+    the mean |cos| of random directions in d_in dimensions, ≈ √(2/(π d_in)); so the penalty is λ/2 times that
+    (averaged over the layers' d_in), whatever R and the number of layers, and never above λ."""
+    model, dims = lora_stack(n_layers, rank, (256, 512, 384))
+    rm = RMLora(model, RMLoraConfig(method="r-lora"))
+    got = float(rm.penalty().detach())
+    expected = 0.001 / 2 * sum(math.sqrt(2 / (math.pi * d)) for d in dims[:-1]) / n_layers
+    assert 0 < got <= 0.001
+    # a mean of n_layers · R(R−1)/2 distinct |cos| values, each of relative spread √(π/2 − 1) ≈ 0.76: within 3σ
+    rel = 3 * math.sqrt(math.pi / 2 - 1) / math.sqrt(n_layers * rank * (rank - 1) / 2)
+    assert got == pytest.approx(expected, rel=rel)
 
 
 def test_eq10_sum_grows_with_rank_and_layers_where_normalized_does_not():

@@ -17,7 +17,8 @@ from rmlora import RMLoraCallback, RMLoraConfig, create_rmlora_optimizer
 
 trl = pytest.importorskip("trl", reason="pip install 'rmlora[trl]'")
 
-CONFIG = dict(method="rm-lora", r_hat=2, reg_weight=0.05, mask_mode="strict")
+# the squared form: its penalty falls from its value at the start (B = 0) as training orthogonalizes; frd starts at 0
+CONFIG = dict(method="rm-lora", r_hat=2, reg_weight=0.05, reg_form="squared", mask_mode="strict")
 
 
 def tweets() -> list[str]:

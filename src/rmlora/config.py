@@ -1,16 +1,19 @@
 """RM-LoRA settings: one dataclass, validated on construction.
 
-The defaults follow the paper's method (Eq. 10's penalty, Algorithm 1's masking) except for how the penalty is
-reduced over the LoRA matrices: by default each matrix's term is divided by its value for a zero matrix and the
-terms are averaged (`reg_reduction="normalized"`), so that λ means the same whatever R, the number of adapted
-layers and their widths (docs/THEORY.md, "The weight of the penalty"). `RMLoraConfig.paper()` gives Eq. 10's
-exact sum, `RMLoraConfig.released_code()` the behaviour of the authors' released GLUE code:
+The defaults were chosen on validation grids over three real tasks (docs/RESULTS.md, experiment 7; README,
+"Choosing the settings"): the released code's scale-invariant `frd` form of the penalty (mean |cosine| between
+distinct directions), λ = 0.001, r̂ = 3/4 of R, the penalty averaged over the LoRA matrices
+(`reg_reduction="normalized"`, docs/THEORY.md §4), no step compensation. On none of those tasks did any setting of
+RM-LoRA beat LoRA; these are the settings that cost least. Eq. 10's squared form pulls every singular value of A
+and B to 1 and so fixes the scale of ΔW, which cost 8–18 points on a 40-class head. `RMLoraConfig.paper()` gives
+Eq. 10's exact sum, `RMLoraConfig.released_code()` the behaviour of the authors' released GLUE code:
 
 | field                | default                         | paper()          | released_code()                      |
 |----------------------|---------------------------------|------------------|--------------------------------------|
-| reg_form             | "squared" ‖AAᵀ−I‖²_F (Eq. 10)   | "squared"        | "frobenius" ‖AAᵀ−I‖_F (non-squared)  |
-| reg_reduction        | "normalized" (mean of term/R)   | "sum" (Eq. 10)   | "mean" over all A and B matrices     |
-| reg_weight           | 0.1 (placeholder, see below)    | 0.1 (none given) | 0.1 (`reg_orth_coef`)                |
+| reg_form             | "frd" mean |cos| of directions  | "squared" (Eq.10)| "frobenius" ‖AAᵀ−I‖_F (non-squared)  |
+| reg_reduction        | "normalized" (mean over A, B)   | "sum" (Eq. 10)   | "mean" over all A and B matrices     |
+| reg_weight           | 0.001 (validated, see above)    | 0.001 (none given)| 0.1 (`reg_orth_coef`)               |
+| r_hat                | 0.75 (validated)                | 0.5 (none given) | 0.5 (R = 8, r̂ = 4)                   |
 | mask_sampling        | "shared" (Algorithm 1)          | "shared"         | "independent" ("v2", GLUE script)    |
 | mask_mode            | "strict" (only R_t is updated)  | "strict"         | "grad" (`.grad *= mask`, AdamW still |
 |                      |                                 |                  |  moves masked rows)                  |
@@ -19,9 +22,10 @@ exact sum, `RMLoraConfig.released_code()` the behaviour of the authors' released
 | mask_first_step      | True (every step is masked)     | True             | False (global step 0 unmasked)       |
 | mask_before_clipping | True (clip the masked gradient) | True             | False (clip norm of unmasked grads)  |
 
-The default λ = 0.1 puts the initial normalized penalty at ≈ 0.07, about a tenth of a cross-entropy of order 1;
-it is a principled placeholder, not yet validated on tasks. Under `paper()`'s sum the same λ weighs
-2·(#pairs)·R times more (about 40× the cross-entropy on MiniLM-L6 at R = 8): choose λ there by hand.
+With the normalized reduction λ means the same whatever R, the number of adapted layers and their widths: frd
+is a mean of |cosines| in [0, 1], so the penalty is at most λ; the squared form's normalized value starts at
+≈ 0.72 at PEFT's initialisation (docs/THEORY.md §4). Under `paper()`'s sum the squared form weighs 2·(#pairs)·R
+times more.
 
 The released code's defect of freezing every non-LoRA parameter (the classifier head) is not reproduced
 by either setting: only LoRA matrices are ever masked.
@@ -67,23 +71,23 @@ class RMLoraConfig:
         },
     )
     r_hat: int | float = field(
-        default=0.5,
+        default=0.75,
         metadata={
             "help": "Directions updated per step: an int r̂ (1 ≤ r̂ ≤ R of every module), or a float in (0, 1] "
-            "meaning that fraction of each module's R, rounded, at least 1."
+            "meaning that fraction of each module's R, rounded, at least 1 (default 0.75, validated: README)."
         },
     )
     reg_weight: float = field(
-        default=0.1,
+        default=0.001,
         metadata={
-            "help": "λ, the weight of the penalty in the loss (≥ 0). With the default normalized reduction the "
-            "penalty starts at ≈ 0.72 for PEFT's default init, so λ = 0.1 adds ≈ 0.07 to the loss whatever R and the "
-            "number of adapted layers (a placeholder, not yet validated on tasks); with reg_reduction=sum (Eq. 10) "
+            "help": "λ, the weight of the penalty in the loss (≥ 0; default 0.001, chosen on validation: README). With "
+            "the default normalized reduction the frd penalty is at most λ and the squared one starts at ≈ 0.72 λ for "
+            "PEFT's default init, whatever R and the number of adapted layers; with reg_reduction=sum (Eq. 10) "
             "divide λ by about 2·#pairs·R for the same weight."
         },
     )
     reg_form: str = field(
-        default="squared",
+        default="frd",
         metadata={
             "help": "squared: ‖AAᵀ−I‖²_F + ‖BᵀB−I‖²_F (Eq. 10); frobenius: the released code's non-squared norms; "
             "frd: the released code's scale-invariant variant, mean |cosine similarity| between distinct rows of A "
@@ -185,10 +189,10 @@ class RMLoraConfig:
     def paper(cls, **overrides) -> RMLoraConfig:
         """The paper's text: Eq. 10 summed over pairs, Algorithm 1's shared directions, every step masked.
 
-        The paper gives no λ: the default 0.1 is kept, but under the sum it weighs 2·#pairs·R times more than under
-        the default normalized reduction, so pass a smaller reg_weight (module docstring).
+        The paper gives neither λ nor r̂: r̂ = R/2 is the released code's, λ = 0.001 what validation chose under
+        this sum in docs/RESULTS.md's experiments 1 and 2.
         """
-        values = dict(reg_form="squared", reg_reduction="sum")
+        values = dict(reg_form="squared", reg_reduction="sum", reg_weight=0.001, r_hat=0.5)
         values.update(overrides)
         return cls(**values)
 

@@ -128,7 +128,7 @@ def hooks_on_synthetic(num_pairs: int, d: int, rank: int, mask_mode: str, device
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
         p.grad = torch.randn_like(p)
-    rm = RMLora(model, RMLoraConfig(method="rm-lora", mask_mode=mask_mode, r_hat=0.5))
+    rm = RMLora(model, RMLoraConfig(method="rm-lora", mask_mode=mask_mode, r_hat=0.5, reg_form="squared"))
     opt = torch.optim.AdamW(params, lr=1e-3, fused=True)
     opt.step()  # create the optimizer state strict mode snapshots
     time_hooks(rm, opt, 0, 3, device)  # warm-up
