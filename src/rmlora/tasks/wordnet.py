@@ -127,13 +127,21 @@ def write_splits(output_dir: str, folder: str = DEFAULT_DIR, sizes: dict | None 
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description="WordNet glosses -> lexicographer category, as train/validation/test CSVs")
-    p.add_argument("--output_dir", required=True)
+    p = argparse.ArgumentParser(
+        description="WordNet glosses -> lexicographer category, as train/validation/test CSVs",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--output_dir", required=True, help="folder for train.csv, validation.csv, test.csv")
     p.add_argument("--wordnet_dir", default=DEFAULT_DIR, help="folder with data.noun, data.verb, data.adj, data.adv")
-    p.add_argument("--train_per_class", type=int, default=200)
-    p.add_argument("--validation_per_class", type=int, default=40)
-    p.add_argument("--test_per_class", type=int, default=60)
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument(
+        "--train_per_class",
+        type=int,
+        default=200,
+        help="training glosses per category; categories with fewer glosses than the three splits need are dropped",
+    )
+    p.add_argument("--validation_per_class", type=int, default=40, help="validation glosses per category")
+    p.add_argument("--test_per_class", type=int, default=60, help="test glosses per category")
+    p.add_argument("--seed", type=int, default=1234, help="seed of the class-balanced draws")
     a = p.parse_args(argv)
     sizes = {"train": a.train_per_class, "validation": a.validation_per_class, "test": a.test_per_class}
     out = write_splits(a.output_dir, a.wordnet_dir, sizes, a.seed)
