@@ -71,6 +71,7 @@ def main():
             method="rm-lora",
             r_hat=3,
             mask_mode=a.mask_mode,
+            reg_form="squared",
             reg_weight=0.1,
             reg_reduction="sum",
             seed=5,

@@ -52,8 +52,10 @@ class DemoSettings:
     train_samples: int = 400
     test_samples: int = 300
     train_eval_samples: int = 150
-    epochs: int = 4
-    learning_rate: float = 3e-3
+    epochs: int = 3
+    batch_size: int = 16
+    # LoRA's validated lr on the tweets at batch 16 (docs/RESULTS.md, experiment 7); RM-LoRA chose the same
+    learning_rate: float = 2e-3
     lora_r: int = 8
     # RM-LoRA's settings: RMLoraConfig's defaults, so that the demo shows what a user gets without choosing
     r_hat: str = str(_DEFAULT.r_hat)
@@ -139,7 +141,7 @@ def train_args(
         "reg_reduction": s.reg_reduction,
         "step_compensation": s.step_compensation,
         "num_train_epochs": s.epochs,
-        "per_device_train_batch_size": 32,
+        "per_device_train_batch_size": s.batch_size,
         "per_device_eval_batch_size": 64,
         "learning_rate": s.learning_rate,
         "warmup_steps": 0,
