@@ -6,7 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 for E in table5_fashion_mnist_head attention_fashion_mnist table1_tweets_minilm \
-    "RW=0.001 RH=0.75 EPOCHS=120 table5_fashion_mnist_head" "N_TRAIN=720 N_TEST=500 EPOCHS=4 attention_fashion_mnist"; do
+    "RW=0.001 RH=0.75 EPOCHS=120 table5_fashion_mnist_head" "N_TRAIN=720 N_TEST=500 EPOCHS=4 attention_fashion_mnist" \
+    "TASKS=wordnet defaults_grid" "TASKS=fmnist defaults_grid" "CONFIRM=0 TASKS=tweets defaults_grid" \
+    "LR=1e-1 RF=frd RW=0.001 RH=0.75 SC=linear table5_wordnet_minilm" \
+    "LR=2e-3 RF=frd RW=0.001 RH=0.75 SC=none rank_tweets_large_r"; do
   start=$(date +%s); echo "== $E started $(date -u +%H:%M:%S) UTC"
   read -ra W <<< "$E"  # "VAR=value ... script": the variables, then the script's name
   env "${W[@]:0:${#W[@]}-1}" bash "${W[-1]}.sh"
