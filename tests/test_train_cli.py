@@ -306,7 +306,8 @@ def test_demo_runs_end_to_end_on_tiny_stand_ins(tmp_path, monkeypatch, capsys):
         ([0.02, 0.01], "beat LoRA on all 2 seeds"),
         ([-0.02, -0.01], "fell below LoRA on all 2 seeds"),
         ([0.03, -0.02], "The seeds disagree"),
-        ([0.03, 0.0], "The seeds disagree"),
+        ([0.03, 0.0], "beat LoRA on 1 of 2 seeds and level on the other 1"),
+        ([-0.03, 0.001], "fell below LoRA on 1 of 2 seeds and level on the other 1"),
     ],
 )
 def test_demo_verdict_follows_the_signs_of_the_paired_differences(diffs, says):

@@ -49,10 +49,10 @@ class DemoSettings:
     output_dir: str = "demo_output"
     methods: list[str] = dataclasses.field(default_factory=lambda: ["lora", "rm-lora"])
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1])
-    train_samples: int = 400
-    test_samples: int = 300
-    train_eval_samples: int = 150
-    epochs: int = 3
+    train_samples: int = 320
+    test_samples: int = 250
+    train_eval_samples: int = 120
+    epochs: int = 5
     batch_size: int = 16
     # LoRA's validated lr on the tweets at batch 16 (docs/RESULTS.md, experiment 7); RM-LoRA chose the same
     learning_rate: float = 2e-3
@@ -184,25 +184,29 @@ def format_table(rows: list[dict]) -> str:
 
 
 def verdict(label: str, reference: str, diffs: list[float], test_size: int) -> str:
-    """One sentence saying what the per-seed paired test-accuracy differences `diffs` (label − reference) show."""
+    """One sentence saying what the per-seed paired test-accuracy differences `diffs` (label − reference) show.
+
+    Each seed counts as up, down or level (|difference| < LEVEL); the sentence names which of them occurred."""
     n, mean = len(diffs), statistics.fmean(diffs)
     spread = f"{min(diffs):+.3f} to {max(diffs):+.3f}" if n > 1 else f"{diffs[0]:+.3f}"
-    if all(abs(d) < LEVEL for d in diffs):
+    up, down = sum(d >= LEVEL for d in diffs), sum(d <= -LEVEL for d in diffs)
+    level = n - up - down
+    numbers = f"test accuracy {mean:+.3f} on average, {spread}"
+    if level == n:
         return f"{label} and {reference} are level: on every seed their test accuracies are within {LEVEL} ({spread})."
-    if all(d > 0 for d in diffs):
+    if up and down:
         return (
-            f"{label} beat {reference} on all {n} seeds (test accuracy {mean:+.3f} on average, {spread}); "
+            f"The seeds disagree ({label} − {reference} from {spread}, mean {mean:+.3f}): "
+            "no difference between the two is visible at this size."
+        )
+    if up:
+        where = f"on all {n} seeds" if up == n else f"on {up} of {n} seeds and level on the other {level}"
+        return (
+            f"{label} beat {reference} {where} ({numbers}); "
             f"{n} seeds on {test_size} test tweets are a hint, not a significant result."
         )
-    if all(d < 0 for d in diffs):
-        return (
-            f"{label} fell below {reference} on all {n} seeds (test accuracy {mean:+.3f} on average, {spread}): "
-            "at this size and budget it did not help."
-        )
-    return (
-        f"The seeds disagree ({label} − {reference} from {spread}, mean {mean:+.3f}): "
-        "no difference between the two is visible at this size."
-    )
+    where = f"on all {n} seeds" if down == n else f"on {down} of {n} seeds and level on the other {level}"
+    return f"{label} fell below {reference} {where} ({numbers}): at this size and budget it did not help."
 
 
 def _row(label: str, records: list[dict], seconds: list[float]) -> dict:
