@@ -5,7 +5,8 @@
 #   tweets   MiniLM-L6, tweet sentiment (3 classes), LoRA on every encoder linear layer, R 8
 # All at the default penalty (reg_form squared, reg_reduction normalized), seeds 0 and 1, chosen on validation
 # accuracy (mean over the seeds), never on test.
-# Stage lr: lora, r-lora, gm-lora and rm-lora (λ 0.1, r̂ R/2) over the same 3-point learning-rate grid, the masked
+# Stage lr: lora, r-lora, gm-lora and rm-lora (squared form, λ 0.1, r̂ R/2: the defaults before this experiment,
+#           pinned) over the same 3-point learning-rate grid, the masked
 #           ones with and without step_compensation=linear (each masked step's change scaled by R/r̂); tweets: lora
 #           and rm-lora only, for time. Gives both protocols: each method at its own validated lr, and every method
 #           at LoRA's lr (the paper's one-lr protocol).
@@ -50,7 +51,8 @@ for T in ${TASKS:-wordnet fmnist tweets}; do
   [ $T = tweets ] || OMP_NUM_THREADS=2 $RMLORA compare --output_dir $G/extract --methods full --seeds 0 --no_report \
     --save_strategy no --report_to none --disable_tqdm true --no_progress "${ARGS[@]}" --num_train_epochs 1 > $G.extract.log 2>&1
   $RMLORA compare --output_dir $G/lr --methods ${METHODS[$T]} --seeds 0 1 --no_report "${RUN[@]}" "${ARGS[@]}" \
-    --grid learning_rate=${LRS[$T]} --grid rm-lora:step_compensation=none,linear \
+    --reg_form squared --reg_weight 0.1 --r_hat 0.5 --grid learning_rate=${LRS[$T]} \
+    --grid rm-lora:step_compensation=none,linear \
     --grid gm-lora:step_compensation=none,linear --select_on validation \
     > $G.lr.log 2>&1
   read LR SC < <(chosen $G/lr rm-lora learning_rate step_compensation)

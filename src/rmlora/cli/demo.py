@@ -7,8 +7,8 @@ subset (--data_seed), splits it into train and a held-apart test file (scikit-le
 `rmlora train` once per method and seed (rmlora.harness.demo) with the same flags: LoRA on every linear layer
 of the encoder (the paper's GLUE placement), R = 8, 10 % of train carved as validation, 5 epochs of batch 16 at
 lr 2e-3 for both methods (the lr LoRA and RM-LoRA both chose on the tweets' validation split, docs/RESULTS.md,
-experiment 7; test accuracy is flat from the third epoch, train accuracy from the fourth). RM-LoRA runs at RMLoraConfig's defaults (penalty,
-λ, r̂, step compensation; README, "Choosing the settings", has the evidence behind them).
+experiment 7; test accuracy is flat from the third epoch, train accuracy from the fourth). RM-LoRA runs at
+RMLoraConfig's defaults (penalty, λ, r̂, step compensation; README, "Choosing the settings", has the evidence).
 
 It prints a table (mean ± std over the seeds of test accuracy, train accuracy and generalization error =
 train − test accuracy; numerical and effective rank and orthogonality loss ‖ΔWΔWᵀ − I‖²_F of ΔW averaged over
@@ -17,8 +17,8 @@ one sentence saying what those differences show, whichever way they fall; then d
 paper's Figure 1 for every run (rmlora.harness.plots.curves). A finished run is read back when the demo is run
 again with the same flags, so an interrupted demo resumes where it stopped.
 
-The default size (320 / 250 tweets, 2 seeds, 4 runs; 4 min 20 s on 2 idle CPU cores) is meant to finish within 5 minutes on 2 CPU cores: it
-shows the pipeline, the diagnostics and the size of seed-to-seed noise, not the paper's settings.
+The default size (320 / 250 tweets, 2 seeds, 4 runs) is meant to finish within 5 minutes on 2 CPU cores (4 min
+20 s here): it shows the pipeline, the diagnostics and the size of seed-to-seed noise, not the paper's settings.
 """
 
 from __future__ import annotations
