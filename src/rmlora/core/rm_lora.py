@@ -203,7 +203,10 @@ class RMLora:
                     if compensation != "none":
                         ratio = group.rank / self._r_hat[gi]
                         scale = ratio if compensation == "linear" else ratio**0.5
-                        weights = torch.stack([local(p.detach()) for p in params])
+                        # strict mode has just stacked the same weights into its snapshot
+                        weights = (
+                            self._snapshots[-1].weights if strict else torch.stack([local(p.detach()) for p in params])
+                        )
                         self._before_step.append((params, weights, scale))
 
     def after_optimizer_step(self, optimizer, step: int) -> None:
