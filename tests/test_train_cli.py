@@ -415,3 +415,10 @@ def test_placements_find_the_head_and_peft_defaults_that_exist():
     )
     # PEFT's table says query/value for BERT (present) and ViT (renamed to q_proj/v_proj in transformers 5)
     assert has_peft_default(bert) and not has_peft_default(vit)
+
+
+def test_demo_with_a_bad_seed_list_says_what_to_give(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--seeds", "0,one"])
+    assert exit_info.value.code == 2
+    assert "--seeds '0,one': give comma-separated integers" in capsys.readouterr().err

@@ -101,8 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    a = build_parser().parse_args(argv)
-    seeds = [int(x) for x in split_list(a.seeds)]
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    try:
+        seeds = [int(x) for x in split_list(a.seeds)]
+    except ValueError:
+        parser.error(f"--seeds {a.seeds!r}: give comma-separated integers, e.g. --seeds 0,1,2")
     settings = DemoSettings(**{**vars(a), "methods": split_list(a.methods), "seeds": seeds})
     start = time.time()
     model_dir, tweets = demo_assets()
