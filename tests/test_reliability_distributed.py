@@ -1,15 +1,21 @@
-"""Replicas stay identical under DDP (2 processes, gloo), and a killed run resumes to the same adapter."""
+"""Replicas stay identical under DDP (2 processes, gloo), a killed run resumes to the same adapter, and the process
+group is torn down before interpreter exit."""
 
+import gc
 import json
 import os
 import subprocess
 import sys
+import weakref
 
 import pytest
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file
+from torch.nn.parallel import DistributedDataParallel
 
 from helpers import subprocess_env
+from rmlora.harness.run import end_distributed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "scripts", "train_tiny.py")
@@ -61,3 +67,25 @@ def test_killed_run_resumes_to_the_same_adapter_bitwise(tmp_path, method, mask_m
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), f"resumed run differs in {k}"
+
+
+def test_end_distributed_tears_the_group_down_even_while_a_finished_ddp_wrapper_is_cyclic_garbage():
+    # The CI abort ("terminate called without an active exception", rank exit -6): destroy_process_group() dropped
+    # torch.distributed's references, but a finished Trainer's DDP wrapper, kept by a reference cycle, still held
+    # the gloo group, so it was torn down during interpreter exit. One process, world size 1: the same objects.
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        group = dist.distributed_c10d._get_default_group()
+        holder = {"ddp": DistributedDataParallel(torch.nn.Linear(2, 2))}
+        holder["self"] = holder  # as the Trainer, its accelerator and callbacks reference each other
+        ddp = weakref.ref(holder["ddp"])
+        del holder
+        gc.disable()  # the collector must not happen to run before end_distributed does
+        end_distributed()
+        assert not dist.is_initialized()
+        assert ddp() is None, "the DDP wrapper (and through it the process group) outlived end_distributed()"
+        assert sys.getrefcount(group) == 2  # `group` and getrefcount's argument: the group goes with `group`
+    finally:
+        gc.enable()
+        if dist.is_initialized():
+            dist.destroy_process_group()

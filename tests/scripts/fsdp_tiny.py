@@ -28,6 +28,7 @@ from helpers import peft_bert, token_batch
 from rmlora import RMLoraConfig
 from rmlora.core.rm_lora import RMLora
 from rmlora.core.sharding import gather, shard_slices
+from rmlora.harness.run import end_distributed
 
 PER_STEP = 8
 
@@ -109,9 +110,8 @@ def main():
     record = {"world_size": world, "directions": drawn, "penalties": penalties, "shards": shards}
     with open(os.path.join(a.out, f"{name}.json"), "w", encoding="utf-8") as f:
         json.dump(record, f)
-    if distributed:
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main()
+    end_distributed()  # once main()'s sharded model is out of scope: its device mesh holds the process group

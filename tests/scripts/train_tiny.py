@@ -22,6 +22,7 @@ from transformers import TrainerCallback, TrainingArguments
 
 from helpers import peft_bert, token_batch
 from rmlora import RMLoraConfig, RMLoraTrainer
+from rmlora.harness.run import end_distributed
 from rmlora.methods import LoraArguments, prepare_model
 
 
@@ -107,9 +108,8 @@ def main():
     save_file(weights, os.path.join(a.out, f"rank{rank}.safetensors"))
     with open(os.path.join(a.out, f"rank{rank}_directions.json"), "w") as f:
         json.dump(drawn, f)
-    if torch.distributed.is_initialized():  # as `rmlora train` does: gloo can abort at exit otherwise
-        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
     main()
+    end_distributed()  # as `rmlora train` does, once main()'s Trainer and its DDP wrapper are out of scope

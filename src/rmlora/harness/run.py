@@ -13,6 +13,7 @@ history.jsonl while training (rmlora.training.history); metrics.json exists only
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import time
 from dataclasses import dataclass
@@ -77,8 +78,14 @@ def end_distributed() -> None:
 
     Nobody else does, and torch asks for it: left to interpreter exit, the gloo backend's threads can be torn down
     while still joinable, which aborts the process ("terminate called without an active exception", exit -6).
+    destroy_process_group() alone does not prevent that: it only drops torch.distributed's own references, and the
+    DistributedDataParallel wrapper (reducer and `process_group`) of a finished Trainer keeps the group alive — the
+    Trainer, its accelerator and callbacks reference each other, so only the cyclic collector frees them, which may
+    first run at exit. Collecting first makes destroy_process_group() drop the last reference, so the group is torn
+    down here, while the interpreter is whole.
     """
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
