@@ -74,13 +74,13 @@ def test_end_distributed_tears_the_group_down_even_while_a_finished_ddp_wrapper_
     # torch.distributed's references, but a finished Trainer's DDP wrapper, kept by a reference cycle, still held
     # the gloo group, so it was torn down during interpreter exit. One process, world size 1: the same objects.
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    gc.disable()  # from before the cycle exists: the collector must not happen to free it before end_distributed
     try:
         group = dist.distributed_c10d._get_default_group()
         holder = {"ddp": DistributedDataParallel(torch.nn.Linear(2, 2))}
         holder["self"] = holder  # as the Trainer, its accelerator and callbacks reference each other
         ddp = weakref.ref(holder["ddp"])
         del holder
-        gc.disable()  # the collector must not happen to run before end_distributed does
         end_distributed()
         assert not dist.is_initialized()
         assert ddp() is None, "the DDP wrapper (and through it the process group) outlived end_distributed()"
