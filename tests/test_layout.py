@@ -28,6 +28,7 @@ LAYERS = [
     "tasks",
     "harness",
     "assets",
+    "recipes",  # the paper's tables and figures as files of data, run through the harness
     "bench",
     "cli",
 ]

@@ -69,6 +69,33 @@ def _ints(values: list[str], flag: str) -> list[int]:
         raise ConfigError(f"{flag} takes integers, got {' '.join(values)!r}") from None
 
 
+def add_executor_arguments(parser) -> None:
+    """Where cells run (--jobs, --devices_per_cell, --threads_per_cell, --backend, --ray_address): `rmlora compare`'s
+    and `rmlora recipe run`'s flags, read by make_executor."""
+    parser.add_argument("--jobs", type=int, default=1, help="cells at once, each in its own process (default 1)")
+    parser.add_argument(
+        "--devices_per_cell",
+        type=int,
+        default=1,
+        help="accelerators per cell (CUDA_VISIBLE_DEVICES / Ray num_gpus; default 1; 0: share them)",
+    )
+    parser.add_argument(
+        "--threads_per_cell",
+        type=int,
+        default=None,
+        help="CPU threads per cell (OMP_NUM_THREADS / Ray num_cpus; default: CPU cores / --jobs, 1 with Ray)",
+    )
+    parser.add_argument(
+        "--backend", choices=["local", "ray"], default="local", help="local processes (default) or Ray tasks"
+    )
+    parser.add_argument(
+        "--ray_address",
+        default=None,
+        metavar="auto|HOST:PORT",
+        help="a running Ray cluster (default: start a local Ray with --jobs × --threads_per_cell CPUs for the run)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     # allow_abbrev=False: otherwise argparse would read a train flag like --method as --methods
     parser = argparse.ArgumentParser(
@@ -116,28 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how the report picks one setting per method and rank: the best mean over seeds of the validation "
         f"primary metric (default: {DEFAULT_CRITERION}), or of validation METRIC; never the test split",
     )
-    parser.add_argument("--jobs", type=int, default=1, help="cells at once, each in its own process (default 1)")
-    parser.add_argument(
-        "--devices_per_cell",
-        type=int,
-        default=1,
-        help="accelerators per cell (CUDA_VISIBLE_DEVICES / Ray num_gpus; default 1; 0: share them)",
-    )
-    parser.add_argument(
-        "--threads_per_cell",
-        type=int,
-        default=None,
-        help="CPU threads per cell (OMP_NUM_THREADS / Ray num_cpus; default: CPU cores / --jobs, 1 with Ray)",
-    )
-    parser.add_argument(
-        "--backend", choices=["local", "ray"], default="local", help="local processes (default) or Ray tasks"
-    )
-    parser.add_argument(
-        "--ray_address",
-        default=None,
-        metavar="auto|HOST:PORT",
-        help="a running Ray cluster (default: start a local Ray with --jobs × --threads_per_cell CPUs for the run)",
-    )
+    add_executor_arguments(parser)
     parser.add_argument(
         "--max_retries", type=int, default=1, help="retries of a cell whose process or node was killed (default 1)"
     )

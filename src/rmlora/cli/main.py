@@ -24,6 +24,7 @@ COMMANDS = {
     "rank-budget": "rmlora.cli.rank_budget",
     "synthetic": "rmlora.cli.synthetic",
     "assets": "rmlora.cli.assets",
+    "recipe": "rmlora.cli.recipe",
 }
 
 

@@ -84,13 +84,19 @@ def validation_metric(records: Sequence[dict], select_on: str = DEFAULT_CRITERIO
     return f"eval_{metric}"
 
 
-def select(records: Sequence[dict], select_on: str = DEFAULT_CRITERION) -> list[dict]:
-    """One entry per (task, model, method, rank) with more than one setting: {"key", "metric", "chosen",
-    "scores": [(setting, mean, n_seeds), ...] in sort order}."""
+SELECTION_KEYS = ("task", "model", "method", "rank")
+
+
+def select(
+    records: Sequence[dict], select_on: str = DEFAULT_CRITERION, keys: Sequence[str] = SELECTION_KEYS, min_settings=2
+) -> list[dict]:
+    """One entry per group of `keys` (default: task, model, method, rank) with at least `min_settings` settings:
+    {"key", "metric", "chosen", "scores": [(setting, mean, n_seeds), ...] in sort order}. A recipe groups by its
+    rows instead (rmlora.recipes.runner), so that two rows of one method and rank are chosen apart."""
     out = []
-    for key, runs in group_by(records, ("task", "model", "method", "rank")).items():
+    for key, runs in group_by(records, keys).items():
         by_setting = _by_setting(runs)
-        if len(by_setting) < 2:
+        if len(by_setting) < min_settings:
             continue
         metric = validation_metric(runs, select_on)
         larger = higher_is_better(metric)
@@ -100,7 +106,7 @@ def select(records: Sequence[dict], select_on: str = DEFAULT_CRITERION) -> list[
             scores.append((setting, stat.mean, stat.n))
         finite = [s for s in scores if s[2] and math.isfinite(s[1])]
         if not finite:
-            raise DataError(f"cannot select a setting of {key[2]} R={key[3]}: no run recorded {metric}")
+            raise DataError(f"cannot select a setting of {' '.join(map(str, key))}: no run recorded {metric}")
         best = (max if larger else min)(finite, key=lambda s: s[1])[1]
         chosen = next(s[0] for s in finite if s[1] == best)  # ties: the first in sort order
         out.append({"key": key, "metric": metric, "chosen": chosen, "scores": scores})
