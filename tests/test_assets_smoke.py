@@ -20,8 +20,8 @@ from datasets import ClassLabel, Features, Image, Sequence, Value, get_dataset_c
 
 from helpers import run_train, subprocess_env, tmp_env
 from rmlora.assets.smoke import SMOKE_ASSETS, smoke_asset
-from rmlora.assets.smoke.store import build_once
 from rmlora.errors import AssetError
+from rmlora.io.atomic import build_folder_once
 
 # -- the hub's schemas (the dataset cards of nyu-mll/glue, rajpurkar/squad, uoft-cs/cifar100, ethz/food101) ---------
 
@@ -331,13 +331,13 @@ def test_a_build_that_loses_the_race_keeps_the_winners_folder(tmp_path):
     def loser(path):
         with open(os.path.join(path, "who"), "w") as f:
             f.write("loser")
-        build_once(folder, winner)  # another process finishes first, while this one is still building
+        build_folder_once(folder, winner)  # another process finishes first, while this one is still building
 
-    assert build_once(folder, loser) == folder
+    assert build_folder_once(folder, loser) == folder
     with open(os.path.join(folder, "who")) as f:
         assert f.read() == "winner"
     assert os.listdir(tmp_path) == ["asset"]  # the loser's temporary folder is gone
-    assert build_once(folder, loser) == folder  # built once: a complete folder is not built again
+    assert build_folder_once(folder, loser) == folder  # built once: a complete folder is not built again
 
 
 def test_an_unknown_asset_lists_the_names(tmp_path):

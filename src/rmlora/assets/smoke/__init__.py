@@ -19,8 +19,10 @@ from rmlora.assets.smoke.glue import write_glue
 from rmlora.assets.smoke.images import write_cifar100, write_food101
 from rmlora.assets.smoke.models import build_deberta_v3, build_gpt2, build_vit
 from rmlora.assets.smoke.squad import write_squad
-from rmlora.assets.smoke.store import VERSION, build_once, default_root
 from rmlora.errors import AssetError
+from rmlora.io.atomic import build_folder_once
+
+VERSION = "v1"  # raised whenever a builder's output changes, so that an old cache is not reused
 
 # name -> (builder, the hub repository it stands for)
 BUILDERS = {
@@ -36,11 +38,23 @@ SMOKE_ASSETS = tuple(BUILDERS)
 STANDS_FOR = {name: repo for name, (_, repo) in BUILDERS.items()}
 
 
-def smoke_asset(name: str, root: str | None = None) -> str:
-    """The folder of smoke asset `name` under `root` (default: default_root()), built there on first use."""
+def default_root() -> str:
+    """$XDG_CACHE_HOME/rmlora/smoke/<VERSION> (~/.cache/... without XDG_CACHE_HOME)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "rmlora", "smoke", VERSION)
+
+
+def smoke_asset_path(name: str, root: str | None = None) -> str:
+    """Where smoke asset `name` is (or will be) under `root` (default: default_root()); builds nothing."""
     if name not in BUILDERS:
         raise AssetError(f"no smoke asset {name!r}: pass one of {', '.join(SMOKE_ASSETS)}")
-    return build_once(os.path.join(root or default_root(), name), BUILDERS[name][0])
+    return os.path.join(root or default_root(), name)
 
 
-__all__ = ["SMOKE_ASSETS", "STANDS_FOR", "VERSION", "default_root", "smoke_asset"]
+def smoke_asset(name: str, root: str | None = None) -> str:
+    """The folder of smoke asset `name` under `root` (default: default_root()), built there on first use (atomically:
+    safe when several processes ask at once)."""
+    return build_folder_once(smoke_asset_path(name, root), BUILDERS[name][0])
+
+
+__all__ = ["SMOKE_ASSETS", "STANDS_FOR", "VERSION", "default_root", "smoke_asset", "smoke_asset_path"]
