@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 
+_START = time.perf_counter()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -36,6 +37,8 @@ import transformers  # noqa: E402
 import rmlora.harness.run as run_module  # noqa: E402
 from rmlora.assets.smoke import smoke_asset  # noqa: E402
 from rmlora.cli.main import main  # noqa: E402
+
+IMPORTS_S = time.perf_counter() - _START  # torch, transformers, datasets, peft and rmlora: once per process
 
 ROWS = [("lora", 4), ("rm-lora", 4), ("full", None), ("adalora", 4), ("sora", 4), ("r-lora", 4)]
 ROWS += [("lora", 8), ("adalora", 8), ("sora", 8), ("r-lora", 8), ("rm-lora", 8)]
@@ -125,6 +128,7 @@ def main_bench() -> None:
     freeze()
     threads = torch.get_num_threads()
     print(f"{len(cells)} smoke cells per arm, {os.cpu_count()} CPUs, torch threads {threads}, uptime load {_load()}")
+    print(f"  imports (once per process; a cell run as its own process pays them again): {IMPORTS_S:.1f} s")
     for arm, values in times.items():
         print(f"  {arm:<11} median {statistics.median(values):.2f} s/cell, total {sum(values):.1f} s")
     a_med, b_med = statistics.median(times["A frozen"]), statistics.median(times["B unfrozen"])
