@@ -1,11 +1,11 @@
 """DeBERTa-v3 as microsoft/deberta-v3-base ships it: a SentencePiece `spm.model`, a 52-byte tokenizer_config.json
 and no tokenizer.json, so transformers must convert the tokenizer (sentencepiece + protobuf, the harness extra).
 
-The folder is built here: a tiny SentencePiece model trained on the fixtures' words, and a tiny random
-DebertaV2Model (the checkpoint holds the encoder only, so every task adds its head, as with the real one).
+The folder is the smoke-scale asset `deberta-v3` (rmlora.assets.smoke), built in the test's folder: a tiny
+SentencePiece model trained on the corpus words and a tiny random DebertaV2Model (the checkpoint holds the encoder
+only, so every task adds its head, as with the real one).
 """
 
-import io
 import json
 import os
 import subprocess
@@ -15,66 +15,16 @@ import numpy as np
 import pytest
 import torch
 
-from fixtures.make_fixtures import WORDS
 from helpers import FIXTURES, read_jsonl, run_train, subprocess_env, tmp_env
+from rmlora.assets.smoke import smoke_asset
 
 HUB = os.path.join(FIXTURES, "hub")
-# microsoft/deberta-v3-base's tokenizer_config.json, byte for byte (52 bytes)
-DEBERTA_V3_TOKENIZER_CONFIG = '{\n  "do_lower_case": false,\n  "vocab_type": "spm"\n}\n'
-
-
-def save_deberta_v3(path: str) -> str:
-    import sentencepiece as spm
-    from transformers import DebertaV2Config, DebertaV2Model
-
-    os.makedirs(path, exist_ok=True)
-    lines = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))] * 4
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines),
-        model_writer=model,
-        vocab_size=80,
-        model_type="unigram",
-        pad_id=0,
-        bos_id=1,
-        eos_id=2,
-        unk_id=3,
-        pad_piece="[PAD]",
-        bos_piece="[CLS]",
-        eos_piece="[SEP]",
-        unk_piece="[UNK]",
-        user_defined_symbols=["[MASK]"],
-        minloglevel=2,
-    )
-    with open(os.path.join(path, "spm.model"), "wb") as f:
-        f.write(model.getvalue())
-    with open(os.path.join(path, "tokenizer_config.json"), "w", encoding="utf-8", newline="\n") as f:
-        f.write(DEBERTA_V3_TOKENIZER_CONFIG)
-    torch.manual_seed(0)
-    cfg = DebertaV2Config(  # deberta-v3-base's attention settings, tiny sizes
-        vocab_size=96,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=48,
-        max_position_embeddings=128,
-        relative_attention=True,
-        position_buckets=16,
-        pos_att_type=["p2c", "c2p"],
-        norm_rel_ebd="layer_norm",
-        share_att_key=True,
-        max_relative_positions=-1,
-        position_biased_input=False,
-        pad_token_id=0,
-    )
-    DebertaV2Model(cfg).save_pretrained(path)
-    return path
 
 
 @pytest.fixture
 def deberta_dir(tmp_path, monkeypatch):
     tmp_env(monkeypatch, tmp_path)
-    path = save_deberta_v3(str(tmp_path / "deberta-v3"))
+    path = smoke_asset("deberta-v3", root=str(tmp_path / "smoke"))
     assert os.path.getsize(os.path.join(path, "tokenizer_config.json")) == 52
     assert not os.path.exists(os.path.join(path, "tokenizer.json"))
     return path

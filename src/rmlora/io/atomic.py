@@ -1,12 +1,14 @@
-"""Writes that never leave a half-written file: temp file in the same folder, fsync, rename."""
+"""Writes that never leave a half-written file: temp file in the same folder, fsync, rename; and folders built the
+same way (a temp folder beside the final one, renamed into place)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO
 
 
@@ -30,6 +32,29 @@ def atomic_file(path: str, mode: str = "w") -> Iterator[IO]:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def build_folder_once(folder: str, build: Callable[[str], object]) -> str:
+    """`folder`, built by build(tmp) into a fresh temporary folder beside it and renamed into place, if it does not
+    exist yet. A reader never sees a half-built folder, and two processes building the same folder at once both
+    return one complete folder: the second rename fails (the target is a non-empty folder) and its copy is dropped.
+    """
+    if os.path.isdir(folder):
+        return folder
+    parent = os.path.dirname(os.path.abspath(folder))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.", suffix=".tmp", dir=parent)
+    try:
+        build(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp's folder is private (0700); the built one reads as any other folder
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if not os.path.isdir(folder):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
 
 
 def write_text(path: str, text: str) -> None:

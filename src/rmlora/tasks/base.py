@@ -21,6 +21,11 @@ from collections.abc import Sequence
 
 from datasets import ClassLabel
 
+try:  # transformers 5 aligns the config's special-token ids with the tokenizer's when training starts
+    from transformers.trainer_utils import align_special_tokens
+except ImportError:  # older versions do not, and print nothing
+    align_special_tokens = None
+
 from rmlora.errors import ConfigError, DataError
 from rmlora.tasks.data import EVAL_SPLITS, finish_splits, seeded_subset, split_prefix
 from rmlora.tasks.placement import has_peft_default, head_modules, placement_modules
@@ -261,8 +266,21 @@ def _is_int_like(v) -> bool:
 
 
 def ensure_pad_token(tokenizer, model) -> None:
-    """Decoder tokenizers (GPT-2, Llama) have no pad token: pad with EOS (or UNK), and tell the model."""
+    """Decoder tokenizers (GPT-2, Llama) have no pad token: pad with EOS (or UNK), and tell the model.
+
+    Then the model's config takes the tokenizer's special-token ids, as the Trainer does when training starts
+    (transformers' align_special_tokens), but without the warning it prints on every run: a checkpoint such as
+    microsoft/deberta-v3-base declares no BOS / EOS ids, so each run said it had "aligned" [CLS] / [SEP].
+    """
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    if align_special_tokens is not None:
+        report = logging.getLogger(align_special_tokens.__module__)
+        level = report.level
+        report.setLevel(logging.ERROR)  # the one message it logs is the warning above
+        try:
+            align_special_tokens(model, tokenizer)
+        finally:
+            report.setLevel(level)

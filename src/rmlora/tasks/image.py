@@ -17,6 +17,7 @@ import inspect
 import logging
 import os
 import struct
+from functools import partial
 
 import numpy as np
 import torch
@@ -127,6 +128,12 @@ def to_rgb(image):
     return image.convert("RGB")
 
 
+def pixel_transform(processor, batch):
+    """A batch of images and labels as pixel values (the on-the-fly transform of `with_transform`)."""
+    pixels = processor([to_rgb(img) for img in batch["image"]], return_tensors="pt")["pixel_values"]
+    return {"pixel_values": list(pixels), "labels": batch["labels"]}
+
+
 # -- the task ------------------------------------------------------------------------------------------
 
 
@@ -233,7 +240,8 @@ class ImageClassificationTask(Task):
         model = from_pretrained_quietly(
             AutoModelForImageClassification,
             self.model_args.model_name_or_path,
-            num_labels=len(self.label_list),
+            # num_labels follows from id2label; passing both makes transformers warn that num_labels disagrees with
+            # the checkpoint's own head (ImageNet's 1000 classes) before it is replaced
             id2label=dict(enumerate(self.label_list)),
             label2id={n: i for i, n in enumerate(self.label_list)},
             ignore_mismatched_sizes=self.model_args.ignore_mismatched_sizes,
@@ -273,13 +281,11 @@ class ImageClassificationTask(Task):
             batch["interpolate_pos_encoding"] = True
         return batch
 
-    def _transform(self, batch):
-        pixels = self.processing_class([to_rgb(img) for img in batch["image"]], return_tensors="pt")["pixel_values"]
-        return {"pixel_values": list(pixels), "labels": batch["labels"]}
-
     def _prepare(self, ds, split: str):
         self.data_collator = self._collate
-        pixels = ds.with_transform(self._transform)
+        # the transform holds the processor only: `datasets` fingerprints it by pickling, and a bound method would
+        # pickle the whole task, the frozen backbone of --lora_placement head included (its weights, every call)
+        pixels = ds.with_transform(partial(pixel_transform, self.processing_class))
         if self.feature_head is None:
             return pixels
         return self._cached_features(ds, pixels, split)
