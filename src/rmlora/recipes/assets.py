@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from rmlora.assets.offline import resolve_asset
 from rmlora.assets.smoke import smoke_asset, smoke_asset_path
+from rmlora.errors import AssetError
 from rmlora.recipes.cells import ASSET_PREFIX, SMOKE_PREFIX, Resolver
 
 
@@ -18,7 +19,12 @@ def asset_resolver(smoke_dir: str | None = None, assets_dir: str | None = None, 
             name = token[len(SMOKE_PREFIX) :]
             return smoke_asset(name, smoke_dir) if build else smoke_asset_path(name, smoke_dir)
         if token.startswith(ASSET_PREFIX):
-            return resolve_asset(token[len(ASSET_PREFIX) :], assets_dir, build)
+            try:
+                return resolve_asset(token[len(ASSET_PREFIX) :], assets_dir, build)
+            except AssetError:
+                if build:
+                    raise
+                return token  # a dry run shows what it cannot locate as written (e.g. a package not installed)
         return token
 
     return resolve

@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 
 from rmlora.errors import DataError
-from rmlora.harness.aggregate import Stat, mean_std, split_of
+from rmlora.harness.aggregate import Stat, higher_is_better, mean_std, split_of
 from rmlora.harness.plots.curves import plot_curves
 from rmlora.harness.plots.save import save_figure
 from rmlora.harness.plots.spectra import plot_spectra
@@ -46,7 +46,7 @@ def paper_value(row: Row, column: Column) -> tuple[float | None, float | None]:
     value = row.paper.get(column.id)
     if isinstance(value, dict):
         return value.get("mean"), value.get("std")
-    return (float(value), None) if isinstance(value, (int, float)) else (None, None)
+    return (value, None) if isinstance(value, (int, float)) else (None, None)
 
 
 def ours(records: Sequence[dict], column: Column) -> Stat:
@@ -75,7 +75,9 @@ def cell_text(stat: Stat, paper: float | None, paper_std: float | None, digits: 
         mine = f"{stat.mean:.{digits}f}" + (f" ± {stat.std:.{digits}f}" if stat.std is not None else "")
     if paper is None:
         return mine
-    theirs = f"{paper:.{digits}f}" + (f" ± {paper_std:.{digits}f}" if paper_std is not None else "")
+    # the paper's number as it prints it: a rank is an integer there
+    theirs = str(paper) if isinstance(paper, int) else f"{paper:.{digits}f}"
+    theirs += f" ± {paper_std:.{digits}f}" if paper_std is not None else ""
     if stat.n == 0 or not math.isfinite(stat.mean):
         return f"{mine} ({theirs})"
     return f"{mine} ({theirs}; Δ {stat.mean - paper:+.{digits}f})"
@@ -155,7 +157,7 @@ def _paired(records: Sequence[dict], a: Row, b: Row, column: Column) -> Stat:
 def ordering_sentence(recipe: Recipe, records: Sequence[dict], better: str = "rm-lora", base: str = "lora") -> str:
     """Which of the paper's orderings hold: `better` ≥ `base` at equal R, column by column."""
     ranks = sorted({int(r.rank.value) for r in recipe.rows if r.method in (better, base) and r.rank is not None})
-    columns = [c for c in recipe.columns if c.metric]
+    columns = recipe.columns  # Table 5's rank (higher) and orthogonality loss (lower) of ΔW count too
     paper_yes = ours_yes = beyond = below = n = n_spread = 0
     for rank in ranks:
         a = next((r for r in recipe.rows if r.method == better and r.rank and r.rank.value == rank), None)
@@ -167,19 +169,20 @@ def ordering_sentence(recipe: Recipe, records: Sequence[dict], better: str = "rm
             if diff.n == 0:
                 continue
             n += 1
+            sign = 1 if higher_is_better(column.diagnostic or column.metric) else -1
             pa, pb = paper_value(a, column)[0], paper_value(b, column)[0]
-            paper_yes += pa is not None and pb is not None and pa >= pb
-            ours_yes += diff.mean >= 0
+            paper_yes += pa is not None and pb is not None and sign * (pa - pb) >= 0
+            ours_yes += sign * diff.mean >= 0
             if diff.std is not None and diff.std > 0:
                 n_spread += 1
-                beyond += diff.mean > diff.std
-                below += diff.mean < -diff.std
+                beyond += sign * diff.mean > diff.std
+                below += sign * diff.mean < -diff.std
     if n == 0:
         return f"No {better} / {base} pair at equal R has finished runs yet: no ordering to compare."
     names = {"rm-lora": "RM-LoRA", "lora": "LoRA", "r-lora": "R-LoRA", "gm-lora": "GM-LoRA"}
     text = (
-        f"{names.get(better, better)} ≥ {names.get(base, base)} at equal R: the paper has it in {paper_yes} of {n} "
-        f"(column, R) cells, ours in {ours_yes} of {n}"
+        f"{names.get(better, better)} at least as good as {names.get(base, base)} at equal R (lower is better for a "
+        f"loss): the paper has it in {paper_yes} of {n} (column, R) cells, ours in {ours_yes} of {n}"
     )
     if n_spread:
         text += (
