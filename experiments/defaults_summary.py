@@ -1,9 +1,12 @@
-"""Markdown summary of experiment 7 (experiments/defaults_grid.sh): per task, the learning-rate stage (lora and
+"""Markdown summary of experiment 7 (`rmlora recipe run results/exp7_defaults_grid`): per task, the learning-rate stage (lora and
 rm-lora with / without step compensation over one lr grid; validation and test accuracy, mean over seeds), the two
 protocols (each method at its own validated lr; every method at LoRA's validated lr, as in the paper) with the
 per-seed paired difference to LoRA, and the penalty stage (reg_form x reg_weight x r_hat for rm-lora).
 
-    python experiments/defaults_summary.py experiments/out/defaults > experiments/out/defaults/summary.md
+    python experiments/defaults_summary.py experiments/out/exp7 > experiments/out/exp7/summary.md
+
+It reads the recipe folder's stage-tune cells: rows lora, r-lora, gm-lora and rm-lora_lr are the learning-rate
+stage, rm-lora_reg the penalty stage, rm-lora_confirm the confirmation stage.
 """
 
 import argparse
@@ -13,15 +16,15 @@ import statistics as st
 from collections import defaultdict
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("folder", help="experiments/out/defaults (one sub-folder per task, each with lr/ and reg/)")
+parser.add_argument("folder", help="the folder of `rmlora recipe run results/exp7_defaults_grid`")
 args = parser.parse_args()
+STAGES = {"lr": ("lora", "r-lora", "gm-lora", "rm-lora_lr"), "reg": ("rm-lora_reg",), "confirm": ("rm-lora_confirm",)}
+with open(os.path.join(args.folder, "results.jsonl")) as f:
+    TUNED = [r for r in (json.loads(line) for line in f if line.strip()) if r.get("stage") == "tune"]
 
 
-def records(path):
-    file = os.path.join(path, "results.jsonl")
-    if not os.path.exists(file):
-        return []
-    return [json.loads(line) for line in open(file) if line.strip()]
+def records(task, stage):
+    return [r for r in TUNED if r.get("recipe_task") == task and r.get("row") in STAGES[stage]]
 
 
 def ms(xs):
@@ -41,9 +44,8 @@ def by_seed(rs, key):
     return {r["seed"]: r["metrics"].get(key) for r in rs}
 
 
-for task in sorted(os.listdir(args.folder)):
-    folder = os.path.join(args.folder, task)
-    lr_runs = records(os.path.join(folder, "lr"))
+for task in dict.fromkeys(r.get("recipe_task") for r in TUNED):
+    lr_runs = records(task, "lr")
     if not lr_runs:
         continue
     print(f"## {task}\n")
@@ -84,7 +86,7 @@ for task in sorted(os.listdir(args.folder)):
             diffs = [test[s] - lora_own[s] for s in test if s in lora_own and test[s] is not None]
             print(f"| {protocol} | {v} | {lr} | {ms(list(test.values()))} | {ms(diffs)} |")
     print()
-    reg_runs = records(os.path.join(folder, "reg"))
+    reg_runs = records(task, "reg")
     if reg_runs:
         cells = defaultdict(list)
         for r in reg_runs:
@@ -100,7 +102,7 @@ for task in sorted(os.listdir(args.folder)):
             val = [r["metrics"].get("eval_accuracy") for r in rs]
             print(f"| {key[0]} | {key[1]} | {key[2]} | {ms(val)} | {ms(list(test.values()))} | {ms(diffs)} |")
         print()
-    confirm_runs = records(os.path.join(folder, "confirm"))
+    confirm_runs = records(task, "confirm")
     if confirm_runs:
         first = confirm_runs[0]["rmlora_config"]
         print(

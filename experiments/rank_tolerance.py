@@ -34,6 +34,7 @@ def run_ranks(diagnostics: dict, rtol: float | None) -> float:
 def rank_table(folder: str, rtols: list[float | None]) -> list[tuple]:
     """[(method, R, [per-rtol list of per-seed ranks])] for the runs of `folder` that have diagnostics."""
     rows = [json.loads(line) for line in open(os.path.join(folder, "results.jsonl")) if line.strip()]
+    rows = [r for r in rows if r.get("stage", "final") == "final"]  # a recipe folder: its final cells
     groups = defaultdict(list)
     for r in rows:
         path = os.path.join(folder, r.get("run_dir") or os.path.join("runs", r["cell"]), "diagnostics.json")

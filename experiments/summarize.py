@@ -3,7 +3,7 @@ generalization error (train - test accuracy), ΔW rank / orthogonality loss / ef
 value (median over the adapted modules), wall time (mean ± sample std over seeds), and every method minus LoRA
 per seed; with --epochs, the mean test accuracy at those epochs (from each run's history.jsonl).
 
-    python experiments/summarize.py experiments/out/<comparison>/merged [--epochs 40,50,60]
+    python experiments/summarize.py experiments/out/<comparison or recipe folder> [--epochs 40,50,60]
 """
 
 import argparse
@@ -18,6 +18,7 @@ parser.add_argument("--epochs", default="", help="comma-separated epochs for the
 args = parser.parse_args()
 
 rows = [json.loads(l) for l in open(os.path.join(args.folder, "results.jsonl")) if l.strip()]
+rows = [r for r in rows if r.get("stage", "final") == "final"]  # a recipe folder: its final cells, not stage tune
 order = ["full", "lora", "adalora", "sora", "r-lora", "gm-lora", "rm-lora"]
 groups = defaultdict(dict)
 for r in rows:
