@@ -422,3 +422,17 @@ def test_demo_with_a_bad_seed_list_says_what_to_give(capsys):
         main(["demo", "--seeds", "0,one"])
     assert exit_info.value.code == 2
     assert "--seeds '0,one': give comma-separated integers" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("every, epochs_recorded", [(1, [1, 2, 3, 4, 5]), (2, [2, 4, 5])])
+def test_eval_every_epochs_records_every_nth_epoch_and_the_last(every, epochs_recorded, tmp_path, monkeypatch):
+    tmp_env(monkeypatch, tmp_path)
+    bert = save_text_model(str(tmp_path / "bert"), "bert", num_labels=3)
+    flags = ["--model_name_or_path", bert, "--task_name", "text", "--train_file", TWEETS, "--test_file", TWEETS]
+    flags += ["--text_column", "text", "--label_column", "sentiment", "--file_encoding", "latin-1"]
+    flags += ["--max_train_samples", "8", "--num_train_epochs", "5", "--method", "lora"]
+    m = run_train([*flags, "--eval_every_epochs", str(every)], tmp_path / "out")
+    history = read_jsonl(tmp_path / "out" / "history.jsonl")
+    assert [round(r["epoch"]) for r in history] == epochs_recorded
+    # the final metrics are the last epoch's, evaluated whatever the spacing
+    assert m["metrics"]["test_accuracy"] == history[-1]["test_accuracy"]

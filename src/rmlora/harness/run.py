@@ -141,6 +141,7 @@ def build_run(model_args, data_args, config, lora_args, adalora_args, sora_args,
         partial(evaluate_all, task, trainer),
         task.primary_metric,
         partial(_diagnostics_summary, trainer, config.method),
+        every_epochs=data_args.eval_every_epochs,
     )
     trainer.add_callback(history)
     full = config.method == "full"

@@ -79,6 +79,8 @@ class Row:
     tasks: list[str] | None = None  # None: every task
     paper: dict[str, Any] = field(default_factory=dict)  # column id (or "params", "ranks") -> the paper's number
     source: str = FROM_FILE
+    variant: str | None = None  # layout map: the method variant this row trains (its rows share it across protocols)
+    protocol: str = "own"  # layout map: "own" (its own validated settings) or "drop-in" (LoRA's, swapped in)
 
 
 @dataclass
@@ -88,6 +90,8 @@ class Task:
     flags: dict[str, Value] = field(default_factory=dict)
     methods: dict[str, dict[str, Value]] = field(default_factory=dict)  # method -> flags for its cells only
     train_examples: Value | None = None
+    panel: str | None = None  # layout map: the figure panel / report section (a data set; its tasks are its sizes)
+    size: Value | None = None  # layout map: the x axis, training examples per class
     tune: dict[str, Value] = field(default_factory=dict)  # flag -> this task's candidates for rows tuning that flag
     rank: Value | None = None  # this task's R for every row with a rank (a recipe whose tasks differ in R)
 
@@ -162,7 +166,11 @@ TASK_KEYS = (
     "tune",
     "rank",
 )  # every other key of a task is a train flag
-ROW_KEYS = ("id", "label", "method", "rank", "init_rank", "flags", "tune", "inherit", "tasks", "paper", "from")
+ROW_KEYS = (
+    "id", "label", "method", "rank", "init_rank", "flags", "tune", "inherit", "tasks", "paper", "from", "variant",
+    "protocol",
+)  # fmt: skip
+PROTOCOLS = ("own", "drop-in")
 COLUMN_KEYS = ("id", "label", "task", "metric", "diagnostic", "scale")
 TUNING_KEYS = ("seeds", "select_on")
 ESTIMATE_KEYS = ("step_time_s", "eval_overhead")
@@ -246,6 +254,8 @@ def _task(task_id: str, raw: dict, tasks_raw: dict, where: str, seen: tuple[str,
         else base.train_examples,
         tune=tune,
         rank=parse_value(raw["rank"], f"{where}.rank") if "rank" in raw else base.rank,
+        panel=str(raw["panel"]) if "panel" in raw else base.panel,
+        size=parse_value(raw["size"], f"{where}.size") if "size" in raw else base.size,
     )
 
 
@@ -288,7 +298,15 @@ def _row(raw: dict, index: int, task_ids: list[str]) -> Row:
         tasks=list(tasks) if tasks is not None else None,
         paper=dict(raw.get("paper") or {}),
         source=str(raw.get("from") or FROM_FILE),
+        variant=str(raw["variant"]) if "variant" in raw else None,
+        protocol=_protocol(raw.get("protocol", "own"), where),
     )
+
+
+def _protocol(value, where: str) -> str:
+    if value not in PROTOCOLS:
+        raise ConfigError(f"{where}.protocol: {value!r} is not one of {', '.join(PROTOCOLS)}")
+    return value
 
 
 def _column(raw: dict, index: int, task_ids: list[str]) -> Column:

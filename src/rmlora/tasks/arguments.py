@@ -129,6 +129,13 @@ class DataArguments:
             "(0: the whole train split)."
         },
     )
+    eval_every_epochs: int = field(
+        default=1,
+        metadata={
+            "help": "Evaluate every split for history.jsonl every this many epochs (and after the last one): 1 draws "
+            "Figure 1's per-epoch curves; more saves the evaluations of short many-epoch runs (a grid)."
+        },
+    )
     cache_features: bool = field(
         default=True,
         metadata={

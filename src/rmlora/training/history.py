@@ -3,7 +3,8 @@
 Each record holds
 
 - `epoch`, `step`, `elapsed_s` (seconds since training began);
-- `train_loss`: the mean training objective over the epoch's optimizer steps, as the Trainer logs it
+- `train_loss`: the mean training objective over the epoch's optimizer steps, as the Trainer logs it (with
+  `every_epochs` N > 1, records come every N epochs and after the last, and train_loss is the mean since the last)
   (task loss plus the orthogonality penalty for r-lora / rm-lora);
 - `train_<metric>` and `train_subset_loss`: the model in eval mode on a fixed subset of the train split;
 - `eval_<metric>`, `eval_loss` (validation) and `test_<metric>`, `test_loss` when those splits exist;
@@ -25,6 +26,7 @@ from collections.abc import Callable
 
 from transformers import TrainerCallback
 
+from rmlora.errors import ConfigError
 from rmlora.io import atomic
 from rmlora.io.run_files import read_history
 
@@ -56,8 +58,12 @@ class HistoryCallback(TrainerCallback):
         evaluate: Callable[[], dict],
         primary_metric: str,
         diagnose: Callable[[], dict | None] | None = None,
+        every_epochs: int = 1,
     ):
         self.path, self.evaluate, self.primary_metric, self.diagnose = path, evaluate, primary_metric, diagnose
+        if int(every_epochs) < 1:
+            raise ConfigError(f"eval_every_epochs must be at least 1, got {every_epochs}")
+        self.every_epochs = int(every_epochs)
         self.records: list[dict] = []
         self._pending: dict | None = None
         self._loss_sum = 0.0
@@ -87,6 +93,9 @@ class HistoryCallback(TrainerCallback):
                 self._write(state)
 
     def on_epoch_end(self, args, state, control, **kwargs):
+        last = bool(state.max_steps) and state.global_step >= state.max_steps
+        if round(float(state.epoch or 0.0)) % self.every_epochs and not last:
+            return control  # a skipped epoch: its loss joins the next record's mean train_loss
         record = {"epoch": round(float(state.epoch or 0.0), 6), "step": state.global_step}
         metrics = self.evaluate()
         record.update(metrics)
