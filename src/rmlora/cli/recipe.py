@@ -33,7 +33,7 @@ from rmlora.recipes import (
     run_recipe,
     write_recipe_report,
 )
-from rmlora.recipes.cells import format_value
+from rmlora.recipes.cells import check_flags, format_value
 
 HELP = "the paper's tables and figures as named recipes: list, show, run (resumable, --jobs, Ray), report"
 
@@ -200,6 +200,7 @@ def _selection(args) -> RecipeSelection:
 
 
 def dry_run(recipe, args, selection: RecipeSelection) -> int:
+    check_flags(recipe)
     records = read_results(os.path.join(args.output_dir, RESULTS_NAME)).records if args.output_dir else []
     done = {r.get("cell") for r in records}
     chosen = chosen_values(recipe, records)

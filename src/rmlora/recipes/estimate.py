@@ -85,6 +85,7 @@ def estimate(
     bench_json: str | None = None,
     devices_per_cell: int = 1,
 ) -> Estimate:
+    given = step_time_s is not None  # --step_time_s: one time for every cell
     overhead_value = recipe.estimate.get("eval_overhead")
     overhead = float(overhead_value.value) if overhead_value else 0.0
     lines = []
@@ -101,7 +102,7 @@ def estimate(
     else:
         step_time_s = DEFAULT_STEP_TIME_S
         lines.append(f"per-step time: {step_time_s:g} s, a placeholder (the recipe states none): pass --step_time_s")
-    total_s, steps_total, unknown, scaled = 0.0, 0, [], False
+    total_s, steps_total, unknown, scaled, per_task = 0.0, 0, [], False, set()
     for cell in cells:
         flags = flags_of(cell)
         task = recipe.tasks[cell.task]
@@ -110,6 +111,9 @@ def estimate(
             unknown.append(cell.task)
             continue
         per_step = step_time_s
+        if task.step_time_s is not None and not bench and not given:
+            per_step = float(task.step_time_s.value)
+            per_task.add(f"{task.id}: {per_step:g} s ({task.step_time_s.source})")
         if bench:
             per_step = next((bench[m] for m in bench_method(cell.method, flags) if m in bench), None)
             if per_step is None:
@@ -120,6 +124,8 @@ def estimate(
                 scaled = True
         steps_total += steps
         total_s += steps * per_step * (1 + overhead) * max(1, devices_per_cell)
+    if per_task:
+        lines.append("per-step time of these tasks' cells: " + "; ".join(sorted(per_task)))
     if scaled:
         lines.append(
             "bench times scaled by the recipe's tokens per step over the bench's "

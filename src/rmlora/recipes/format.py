@@ -92,6 +92,7 @@ class Task:
     train_examples: Value | None = None
     panel: str | None = None  # layout map: the figure panel / report section (a data set; its tasks are its sizes)
     size: Value | None = None  # layout map: the x axis, training examples per class
+    step_time_s: Value | None = None  # the estimate's seconds per step for this task's cells (else [estimate]'s)
     tune: dict[str, Value] = field(default_factory=dict)  # flag -> this task's candidates for rows tuning that flag
     rank: Value | None = None  # this task's R for every row with a rank (a recipe whose tasks differ in R)
 
@@ -165,6 +166,9 @@ TASK_KEYS = (
     "methods",
     "tune",
     "rank",
+    "panel",
+    "size",
+    "step_time_s",
 )  # every other key of a task is a train flag
 ROW_KEYS = (
     "id", "label", "method", "rank", "init_rank", "flags", "tune", "inherit", "tasks", "paper", "from", "variant",
@@ -256,6 +260,9 @@ def _task(task_id: str, raw: dict, tasks_raw: dict, where: str, seen: tuple[str,
         rank=parse_value(raw["rank"], f"{where}.rank") if "rank" in raw else base.rank,
         panel=str(raw["panel"]) if "panel" in raw else base.panel,
         size=parse_value(raw["size"], f"{where}.size") if "size" in raw else base.size,
+        step_time_s=parse_value(raw["step_time_s"], f"{where}.step_time_s")
+        if "step_time_s" in raw
+        else base.step_time_s,
     )
 
 

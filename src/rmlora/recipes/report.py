@@ -24,6 +24,7 @@ from rmlora.harness.report import format_count, markdown_table, render
 from rmlora.io.atomic import write_text
 from rmlora.io.run_files import FIGURES_DIR, REPORT_NAME, RESULTS_NAME, read_diagnostics, read_history, read_results
 from rmlora.recipes.format import Column, Recipe, Row
+from rmlora.recipes.map_report import map_tables, write_map_figures
 from rmlora.recipes.runner import chosen_values, read_folder_recipe
 
 SMOKE_WARNING = (
@@ -244,6 +245,10 @@ def write_recipe_report(output_dir: str) -> dict:
         if recipe.layout == "table5":
             parts += [ordering_sentence(recipe, records, "r-lora", "lora"), ""]
         figures = _figures(output_dir, recipe, records, points)
+    elif recipe.layout == "map":
+        tables, points = map_tables(recipe, records)
+        parts += [tables, ""]
+        figures = write_map_figures(points, os.path.join(output_dir, FIGURES_DIR, "map"))
     else:
         parts.append(render(records, title="Per task (rmlora compare's layout)").split("\n", 1)[1])
     chosen = chosen_values(recipe, everything)

@@ -29,6 +29,7 @@ from rmlora.recipes.cells import (
     argv_of,
     build_cells,
     check_flags,
+    chosen_value,
     flags_of_cell,
     needed_tune_rows,
     tune_waves,
@@ -42,9 +43,17 @@ CHOICES_NAME = "selection.json"
 class RecipeSweep(Sweep):
     """A Sweep whose cells carry their own flags (a recipe's), and whose results lines name task, row and stage."""
 
-    def __init__(self, output_dir: str, cells: Sequence[RecipeCell], argv: dict[str, list[str]], **kwargs):
+    def __init__(
+        self,
+        output_dir: str,
+        cells: Sequence[RecipeCell],
+        argv: dict[str, list[str]],
+        chosen: dict[str, dict] | None = None,
+        **kwargs,
+    ):
         super().__init__(output_dir, cells, [], {}, **kwargs)
         self._argv = argv
+        self._chosen = chosen or {}  # cell name -> the values stage tune chose for it
 
     def args(self, cell: RecipeCell) -> list[str]:
         return list(self._argv[cell.name])
@@ -53,7 +62,10 @@ class RecipeSweep(Sweep):
         return {**super().spec(cell), "task": cell.task, "row": cell.row, "stage": cell.stage}
 
     def _record(self, cell: RecipeCell) -> dict:
-        return {**super()._record(cell), "recipe_task": cell.task, "row": cell.row, "stage": cell.stage}
+        record = {**super()._record(cell), "recipe_task": cell.task, "row": cell.row, "stage": cell.stage}
+        if self._chosen.get(cell.name):
+            record["chosen"] = self._chosen[cell.name]
+        return record
 
 
 @dataclass
@@ -90,6 +102,20 @@ def chosen_values(recipe: Recipe, records: Sequence[dict]) -> dict[tuple[str, st
         return {}
     picks = select(tuned, recipe.tuning.select_on, keys=("recipe_task", "row"), min_settings=1)
     return {tuple(p["key"]): dict(p["chosen"]) for p in picks}
+
+
+def tuned_values(recipe: Recipe, cells: Sequence[RecipeCell], chosen) -> dict[str, dict]:
+    """Per final cell, the flags whose values stage tune chose (its own row's or inherited), for its results line."""
+    out = {}
+    for cell in cells:
+        if cell.stage != "final":
+            continue
+        row = recipe.row(cell.row)
+        task = recipe.tasks[cell.task]
+        out[cell.name] = {
+            axis: chosen_value(recipe, task, row, axis, chosen).value for axis in [*row.tune, *row.inherit]
+        }
+    return out
 
 
 def tuning_complete(recipe: Recipe, cells: Sequence[RecipeCell], records: Sequence[dict]) -> list[str]:
@@ -178,7 +204,7 @@ def run_recipe(
                 [{"task": t, "row": r, "chosen": c} for (t, r), c in sorted(chosen.items())],
             )
         argv = {c.name: cell_argv(recipe, c, chosen, selection, resolve) for c in cells}
-        sweep = RecipeSweep(output_dir, cells, argv, **sweep_kwargs)
+        sweep = RecipeSweep(output_dir, cells, argv, tuned_values(recipe, cells, chosen), **sweep_kwargs)
         sweep.validate()
         sweep.executor = make_executor() if make_executor is not None else None
         result = sweep.run()
