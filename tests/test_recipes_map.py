@@ -1,0 +1,106 @@
+"""The map's report: intervals and verdicts against a naive computation, and the report and figure of a folder."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+
+from rmlora.io.atomic import write_json
+from rmlora.recipes import parse_recipe, write_recipe_report
+from rmlora.recipes.format import tomllib
+from rmlora.recipes.map_report import map_tables, t_interval, verdict
+from rmlora.recipes.runner import RECIPE_STATE_NAME
+
+# Student t quantiles t(0.975, n − 1), from a printed table
+T975 = {2: 12.706, 3: 4.303, 5: 2.776}
+
+MAP = """
+name = "tiny-map"
+layout = "map"
+seeds = [0, 1, 2, 3, 4]
+[tasks.a_10]
+task_name = "rte"
+panel = "a"
+size = 10
+label = "task a, 10 per class"
+[tasks.a_100]
+extends = "a_10"
+size = 100
+label = "task a, 100 per class"
+[[rows]]
+id = "lora"
+label = "LoRA"
+method = "lora"
+variant = "lora"
+rank = 4
+[[rows]]
+id = "rm-lora"
+label = "RM-LoRA"
+method = "rm-lora"
+variant = "rm-lora"
+rank = 4
+[[rows]]
+id = "rm-lora.dropin"
+label = "RM-LoRA (drop-in at LoRA's lr, α)"
+method = "rm-lora"
+variant = "rm-lora"
+protocol = "drop-in"
+rank = 4
+"""
+
+
+def test_the_interval_is_the_t_interval_of_a_textbook():
+    values = [0.71, 0.74, 0.69, 0.73, 0.70]
+    iv = t_interval(values)
+    half = T975[5] * statistics.stdev(values) / math.sqrt(5)
+    assert math.isclose(iv.mean, statistics.mean(values)) and math.isclose(iv.half, half, rel_tol=1e-3)
+    assert t_interval([0.5]).n == 1 and math.isnan(t_interval([0.5]).low)
+    assert verdict(t_interval([0.02, 0.025, 0.03])) == "win"
+    assert verdict(t_interval([-0.02, -0.025, -0.03])) == "loss"
+    assert verdict(t_interval([-0.02, 0.01, 0.03])) == "tie"
+
+
+def _records():
+    """LoRA at 0.70 + seed noise; RM-LoRA 3 points above on task a_10 (every seed), equal on a_100."""
+    noise = [0.01, -0.02, 0.0, 0.02, -0.01]
+    out = []
+    for task, gain in (("a_10", 0.03), ("a_100", 0.0)):
+        for row, delta in (("lora", 0.0), ("rm-lora", gain), ("rm-lora.dropin", -0.05)):
+            for seed, e in enumerate(noise):
+                jitter = 0.001 * (seed % 2) if row == "rm-lora" and gain == 0 else 0.0
+                out.append({
+                    "cell": f"{task}/{row}_s{seed}", "stage": "final", "recipe_task": task, "row": row, "seed": seed,
+                    "method": "rm-lora" if row != "lora" else "lora", "primary_metric": "accuracy",
+                    "metrics": {"test_accuracy": 0.70 + e + delta + jitter, "eval_accuracy": 0.5},
+                    "diagnostics": {"mean_effective_rank": 3.0 if row == "lora" else 3.5},
+                    "chosen": {"learning_rate": "0.001"} if row != "lora" else {},
+                })  # fmt: skip
+    return out
+
+
+def test_map_tables_pair_every_variant_with_lora_and_count_wins_ties_losses():
+    recipe = parse_recipe(tomllib.loads(MAP))
+    text, figure = map_tables(recipe, _records())
+    rm_10 = next(line for line in text.splitlines() if line.startswith("| RM-LoRA |") and "win" in line)
+    # 70 % + 3 points, seed noise std 1.58 points: half-width t(0.975, 4) · 1.58 / √5 = 1.96 points
+    assert "| 5 | 73.0 ± 2.0 |" in rm_10
+    assert "+3.0" in rm_10 and "win" in rm_10 and "3.50" in rm_10 and "learning_rate=0.001" in rm_10
+    assert "| RM-LoRA | own | 1 | 1 | 0 |" in text  # a win on a_10, a tie on a_100
+    assert "| RM-LoRA | drop-in | 0 | 0 | 2 |" in text  # 5 points below on both
+    assert "drop-in swap at LoRA's validated lr" in text
+    # the figure's points: accuracy per size, per variant, per protocol
+    own = figure[("own", "a")]
+    assert sorted(x for x, _ in own["RM-LoRA"]) == [10.0, 100.0]
+    assert math.isclose(dict(own["LoRA"])[10.0].mean, 0.70)
+
+
+def test_a_map_folder_gets_its_report_and_figures(tmp_path):
+    raw = tomllib.loads(MAP)
+    write_json(str(tmp_path / RECIPE_STATE_NAME), {"name": "tiny-map", "scale": "paper", "source": None, "recipe": raw})
+    with open(tmp_path / "results.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in _records())
+    written = write_recipe_report(str(tmp_path))
+    report = open(written["report"], encoding="utf-8").read()
+    assert "## Wins, ties and losses against LoRA" in report
+    assert (tmp_path / "figures" / "map-own.png").exists() and (tmp_path / "figures" / "map-drop-in.png").exists()
