@@ -38,7 +38,7 @@ if [ -z "${SKIP_ASSETS:-}" ]; then
     (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
       || echo "[setup] warning: Fashion-MNIST not installed (only the image experiments need it)"
   fi
-  # WordNet's data files for the many-class text experiment (experiments/table5_wordnet_minilm.sh); optional.
+  # WordNet's data files for the many-class text experiment (recipe results/exp5_wordnet_minilm); optional.
   if [ ! -f /usr/share/wordnet/data.noun ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     echo "[setup] installing WordNet (Debian wordnet-base)"
     (apt-get update -qq && apt-get install -y -qq wordnet-base >/dev/null) \
