@@ -1,6 +1,10 @@
-import pytest
+import dataclasses
 
-from rmlora import ConfigError, RMLoraConfig
+import pytest
+import torch
+
+from helpers import peft_bert, token_batch
+from rmlora import ConfigError, RMLora, RMLoraConfig
 
 
 def test_defaults_are_the_validated_settings_of_the_readme():
@@ -25,6 +29,51 @@ def test_released_code_preset():
     assert (c.mask_sampling, c.mask_mode) == ("independent", "grad")
     assert not c.mask_first_step and not c.mask_before_clipping
     assert RMLoraConfig.released_code(r_hat=2).r_hat == 2
+    assert RMLoraConfig.released_code() == RMLoraConfig.released_code("v2")
+
+
+def test_released_code_variants_differ_only_in_shared_or_independent_b_directions():
+    # the release's lora_type v1 (its README) reuses A's sampled rows for B's columns, v2 (run_glue.sh) draws anew
+    v1, v2 = RMLoraConfig.released_code("v1"), RMLoraConfig.released_code(variant="v2")
+    differing = {f.name for f in dataclasses.fields(RMLoraConfig) if getattr(v1, f.name) != getattr(v2, f.name)}
+    assert differing == {"mask_sampling"}
+    assert (v1.mask_sampling, v2.mask_sampling) == ("shared", "independent")
+    with pytest.raises(ConfigError, match="unknown released-code variant 'frd'"):
+        RMLoraConfig.released_code("frd")
+
+
+def surviving_directions(model, rm, step):
+    """{module: (rows of A, columns of B) whose gradient survives the masks of `step`}, read off the gradients."""
+    model.zero_grad()
+    (model(**token_batch(seed=step)).loss + rm.penalty()).backward()
+    rm.before_optimizer_step(None, step)
+    found = {}
+    for name, p in model.named_parameters():
+        if "lora_A" in name:
+            found.setdefault(name.split(".lora_")[0], {})["A"] = set(
+                torch.nonzero(p.grad.abs().sum(1)).flatten().tolist()
+            )
+        elif "lora_B" in name:
+            found.setdefault(name.split(".lora_")[0], {})["B"] = set(
+                torch.nonzero(p.grad.abs().sum(0)).flatten().tolist()
+            )
+    return found
+
+
+@pytest.mark.parametrize("variant", ["v1", "v2"])
+def test_released_code_variants_mask_shared_resp_independent_directions(variant):
+    model = peft_bert(r=8)
+    rm = RMLora(model, RMLoraConfig.released_code(variant))
+    seen_different = False
+    for step in (1, 2, 3):  # step 0 is not masked by either variant
+        found = surviving_directions(model, rm, step)
+        assert len(found) == 4  # query and value of two layers
+        for dirs in found.values():
+            assert len(dirs["A"]) == 4 and len(dirs["B"]) == 4  # r̂ = R/2 of each, the rest masked to 0
+            if variant == "v1":
+                assert dirs["A"] == dirs["B"]
+            seen_different |= dirs["A"] != dirs["B"]
+    assert seen_different == (variant == "v2")
 
 
 @pytest.mark.parametrize(

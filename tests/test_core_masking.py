@@ -44,7 +44,8 @@ def test_grad_mode_zeroes_exactly_the_unselected_rows_and_columns():
 
 
 def test_grad_mode_with_adamw_still_moves_masked_rows():
-    """The released code's behaviour (REFERENCE.md §2): momentum and weight decay move masked rows."""
+    """The released code's behaviour (docs/FIDELITY.md, "Multiplying .grad"): momentum and weight decay move masked
+    rows."""
     model = peft_bert(r=8)
     rm = RMLora(model, RMLoraConfig(method="gm-lora", r_hat=2, mask_mode="grad"))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)

@@ -78,6 +78,33 @@ def test_frd_is_the_mean_absolute_cosine_similarity():
     assert float(_forward(q[None], True, "frd")[0]) < 1e-6
 
 
+def test_frd_of_a_rank_one_module_is_zero_not_nan():
+    """R = 1 has no pair of distinct directions: its frd term is 0, where the released code divides 0 by R² − R = 0.
+
+    With query at R = 4 and value at R = 1 the penalty is the naive mean over all matrices, value's terms 0."""
+    model = peft_bert(r=4, rank_pattern={"value": 1})
+    ones = [p for n, p in model.named_parameters() if "value.lora_" in n]
+    assert ones and all(1 in p.shape for p in ones)
+    assert torch.isnan(naive_frd(ones[0].double()))  # the released formula at R = 1
+    rm = RMLora(model, RMLoraConfig(method="r-lora", reg_form="frd", reg_weight=1.0))
+    terms = [
+        naive_frd(p.double() if "lora_A" in n else p.double().T)
+        for n, p in model.named_parameters()
+        if "lora_" in n and "value." not in n
+    ]
+    n_matrices = sum(1 for n, _ in model.named_parameters() if "lora_" in n)
+    torch.testing.assert_close(rm.penalty().double(), torch.stack(terms).sum() / n_matrices, rtol=1e-5, atol=1e-7)
+    params = [p for n, p in model.named_parameters() if "lora_" in n]
+    grads = torch.autograd.grad(rm.penalty(), params)
+    for p in params:
+        p.grad = None
+    rm.add_penalty_gradient()
+    for p, g in zip(params, grads):
+        assert torch.isfinite(g).all() and torch.isfinite(p.grad).all()
+        if 1 in p.shape:  # a single direction has no cosine to reduce
+            assert torch.all(g == 0) and torch.all(p.grad == 0)
+
+
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_penalty_gradient_matches_autograd_of_naive_formula(form, reduction):

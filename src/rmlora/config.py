@@ -6,7 +6,8 @@ distinct directions), λ = 0.001, r̂ = 3/4 of R, the penalty averaged over the 
 (`reg_reduction="normalized"`, docs/THEORY.md §4), no step compensation. On none of those tasks did any setting of
 RM-LoRA beat LoRA; these are the settings that cost least. Eq. 10's squared form pulls every singular value of A
 and B to 1 and so fixes the scale of ΔW, which cost 8–18 points on a 40-class head. `RMLoraConfig.paper()` gives
-Eq. 10's exact sum, `RMLoraConfig.released_code()` the behaviour of the authors' released GLUE code:
+Eq. 10's exact sum, `RMLoraConfig.released_code()` the behaviour of the authors' released GLUE code (its
+`run_glue.sh`, `lora_type v2`; `released_code("v1")` is its README's example, A's directions shared with B):
 
 | field                | default                         | paper()          | released_code()                      |
 |----------------------|---------------------------------|------------------|--------------------------------------|
@@ -14,7 +15,8 @@ Eq. 10's exact sum, `RMLoraConfig.released_code()` the behaviour of the authors'
 | reg_reduction        | "normalized" (mean over A, B)   | "sum" (Eq. 10)   | "mean" over all A and B matrices     |
 | reg_weight           | 0.001 (validated, see above)    | 0.001 (none given)| 0.1 (`reg_orth_coef`)               |
 | r_hat                | 0.75 (validated)                | 0.5 (none given) | 0.5 (R = 8, r̂ = 4)                   |
-| mask_sampling        | "shared" (Algorithm 1)          | "shared"         | "independent" ("v2", GLUE script)    |
+| mask_sampling        | "shared" (Algorithm 1)          | "shared"         | "independent" ("v2", GLUE script);   |
+|                      |                                 |                  |  "shared" with variant="v1"          |
 | mask_mode            | "strict" (only R_t is updated)  | "strict"         | "grad" (`.grad *= mask`, AdamW still |
 |                      |                                 |                  |  moves masked rows)                  |
 | step_compensation    | "none" (steps as the optimizer  | "none"           | "none"                               |
@@ -27,8 +29,7 @@ is a mean of |cosines| in [0, 1], so the penalty is at most λ; the squared form
 ≈ 0.72 at PEFT's initialisation (docs/THEORY.md §4). Under `paper()`'s sum the squared form weighs 2·(#pairs)·R
 times more.
 
-The released code's defect of freezing every non-LoRA parameter (the classifier head) is not reproduced
-by either setting: only LoRA matrices are ever masked.
+Every difference from the released code, and why, is in docs/FIDELITY.md.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ REG_REDUCTIONS = ("normalized", "sum", "mean")
 MASK_SAMPLINGS = ("shared", "independent")
 MASK_MODES = ("grad", "strict")
 STEP_COMPENSATIONS = ("none", "linear", "sqrt")
+# the released code's `lora_type` values that mask both matrices, and the mask_sampling each means
+RELEASED_VARIANTS = {"v1": "shared", "v2": "independent"}
 
 # methods whose loss carries the orthogonality penalty / whose updates are masked
 PENALIZED = ("r-lora", "rm-lora")
@@ -197,13 +200,23 @@ class RMLoraConfig:
         return cls(**values)
 
     @classmethod
-    def released_code(cls, **overrides) -> RMLoraConfig:
-        """The authors' released GLUE code, minus its head-freezing defect."""
+    def released_code(cls, variant: str = "v2", **overrides) -> RMLoraConfig:
+        """The authors' released GLUE code (`lora_type` `variant`), minus its freezing of the classifier head.
+
+        "v2" (the default, its `run_glue.sh`): B's columns drawn independently of A's rows; "v1" (its README's
+        RM-LoRA example): B's columns are A's rows. Both use the non-squared Frobenius penalty. Its `frd` and `svd`
+        types never update B after step 0 and have no preset here (docs/FIDELITY.md).
+        """
+        if variant not in RELEASED_VARIANTS:
+            raise ConfigError(
+                f"unknown released-code variant {variant!r}: choose v1 (shared directions, the release's README) or "
+                "v2 (independent, its run_glue.sh)"
+            )
         values = dict(
             reg_form="frobenius",
             reg_reduction="mean",
             reg_weight=0.1,
-            mask_sampling="independent",
+            mask_sampling=RELEASED_VARIANTS[variant],
             mask_mode="grad",
             mask_first_step=False,
             mask_before_clipping=False,

@@ -3,8 +3,9 @@
 The draw is a pure function of (seed, step, module, stream): every direction j of a module gets a 32-bit
 key from a counter-based hash of those four numbers, and the r̂ directions with the smallest keys are
 selected. No generator state is carried, so every DDP rank and a resumed run draw the same directions
-(the released code's `random.sample` does not: REFERENCE.md §2), and the draw runs on the parameters'
-device as a few batched integer kernels with no host-device sync.
+(the released code's `random.sample` needs Python's global generator in lockstep: docs/FIDELITY.md,
+"Direction draws"), and the draw runs on the parameters' device as a few batched integer kernels with no
+host-device sync.
 
 Written by hand because torch's generators are stateful (a seeded generator per module and step would
 cost one host call each); numpy's SeedSequence would be pure but runs on the host. The hash is

@@ -2,11 +2,11 @@
 
 "grad" mode multiplies the gradients of the unselected rows of A / columns of B by 0, as Algorithm 1
 and the released code do. With AdamW that does not freeze them: the first moment and the decoupled
-weight decay still move them (REFERENCE.md §2). "strict" mode also snapshots the unselected rows and
-columns of the weights and of every optimizer state tensor shaped like the weight (exp_avg,
+weight decay still move them (docs/FIDELITY.md, "Multiplying `.grad`"). "strict" mode also snapshots the
+unselected rows and columns of the weights and of every optimizer state tensor shaped like the weight (exp_avg,
 exp_avg_sq, momentum_buffer, ...) before the step and writes them back after it, so they end the step
 bitwise unchanged: a true partial update under any optimizer. Neither saves optimizer memory: the
-optimizer still holds full state for every LoRA matrix (REFERENCE.md §6).
+optimizer still holds full state for every LoRA matrix (docs/PERFORMANCE.md §6).
 
 The work is done per group of same-shaped pairs on an n-stack of its matrices: stack, one masked
 kernel, one foreach copy back. A model has ~100 LoRA matrices and a per-parameter loop would launch

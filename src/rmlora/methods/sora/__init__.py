@@ -8,7 +8,7 @@
     sora.export("out/")                        # plain PEFT LoRA adapter, rank_pattern = surviving directions
 
 The LoRA layers are PEFT's own: a forward pre-hook on `lora_B[adapter]` multiplies its input by the gate,
-so the branch computes ((x Aᵀ) ⊙ g) Bᵀ · scaling as in the reference (REFERENCE.md §3) and PEFT's
+so the branch computes ((x Aᵀ) ⊙ g) Bᵀ · scaling as in the reference (docs/BASELINES.md, sora) and PEFT's
 forward, dropout and mixed-batch paths stay untouched. B starts at zero, so ΔW starts at 0 whatever g.
 PEFT's merge does not see the gates: export first, then merge the exported adapter.
 

@@ -47,7 +47,7 @@ class SoraGate:
 
 
 def _gate_input(layer: nn.Module, adapter: str, module: nn.Module, args: tuple):
-    # x Aᵀ enters B multiplied by g: ((x Aᵀ) ⊙ g) Bᵀ (REFERENCE.md §3)
+    # x Aᵀ enters B multiplied by g: ((x Aᵀ) ⊙ g) Bᵀ, as the reference's LowRankLinear (docs/BASELINES.md, sora)
     g = getattr(layer, GATE_ATTR)[adapter]
     return (args[0] * g.to(args[0].dtype),) + tuple(args[1:])
 
