@@ -7,10 +7,12 @@ Reading is done with safetensors and json only, never by unpickling a file from 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
+import warnings
 
 import torch
 from peft import PeftModel
@@ -26,14 +28,35 @@ ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."  # PeftModel's path to the wrapped model's modules, in state dicts and models
 
 
+# PEFT's inject_adapter checks every rank_pattern key against the adapted module names and warns about the rest
+# as "ignored"; AdaLoRA keys its rank_pattern by `<module>.lora_E`, which its own loader applies afterwards
+# (AdaLoraModel.resize_modules_by_rank_pattern), so every pruned AdaLoRA adapter loads with this false warning.
+# This matches it only when every key it lists is such a `.lora_E` key.
+ADALORA_PATTERN_WARNING = (
+    r"The following rank_pattern keys did not match any targeted module and were ignored: "
+    r"\[('[^']+\.lora_E'(, )?)+\]\.$"
+)
+
+
+@contextlib.contextmanager
+def adalora_pattern_warning_ignored():
+    """A context in which PEFT's false "rank_pattern keys ... were ignored" warning for AdaLoRA is not shown."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=ADALORA_PATTERN_WARNING, category=RuntimeWarning)
+        yield
+
+
 def relative_module_name(name: str) -> str:
     """A module path inside the base model: PEFT's `base_model.model.` prefix removed (rank_pattern, target keys)."""
     return name.removeprefix(PEFT_PREFIX)
 
 
-def save_adapter(model, output_dir: str, rmlora=None) -> None:
-    """Save the PEFT adapter (safetensors) and, with `rmlora`, the settings that trained it."""
-    model.save_pretrained(output_dir, safe_serialization=True)
+def save_adapter(model, output_dir: str, rmlora=None, state_dict=None) -> None:
+    """Save the PEFT adapter (safetensors) and, with `rmlora`, the settings that trained it.
+
+    `state_dict`, if given, is the model state PEFT takes the adapter's tensors from (default: the model's).
+    """
+    model.save_pretrained(output_dir, safe_serialization=True, state_dict=state_dict)
     if rmlora is not None:
         write_rmlora_state(output_dir, rmlora)
 
@@ -96,7 +119,10 @@ def adapter_pairs(
         A, B = sides["A"], sides["B"]
         r = int(A.shape[0])
         alpha = alpha_pattern.get(get_pattern_key(alpha_pattern.keys(), module), config.get("lora_alpha", r))
-        scaling = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+        if r == 0:  # an AdaLoRA module pruned to rank 0, which PEFT saves as an empty pair: ΔW = 0
+            scaling = 0.0
+        else:
+            scaling = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
         out.append((module, A, B, float(scaling)))
     if not out:
         raise AdapterError("the adapter file holds no lora_A / lora_B tensors: is it a LoRA adapter?")
@@ -127,4 +153,5 @@ def load_adapter(base_model, adapter_dir: str, is_trainable: bool = False):
                 f"adapter shapes for {module} (A {tuple(A.shape)}, B {tuple(B.shape)}) do not fit the base layer "
                 f"({d_out} x {d_in}): load it on the model it was trained on"
             )
-    return PeftModel.from_pretrained(base_model, adapter_dir, is_trainable=is_trainable)
+    with adalora_pattern_warning_ignored():
+        return PeftModel.from_pretrained(base_model, adapter_dir, is_trainable=is_trainable)

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
-from peft import AdaLoraConfig
+from peft import AdaLoraConfig, PeftWarning
 from peft.tuners.adalora import AdaLoraLayer, AdaLoraModel
 from peft.utils.other import get_pattern_key
 from torch import nn
@@ -33,12 +35,15 @@ from torch import nn
 from rmlora.config import RMLoraConfig
 from rmlora.core.pairs import LoraPair, pair_name
 from rmlora.errors import ConfigError
-from rmlora.io.adapters import relative_module_name, save_adapter
+from rmlora.io.adapters import PEFT_PREFIX, relative_module_name, save_adapter
 from rmlora.methods.base import TrainingMethod
 from rmlora.methods.lora import LoraArguments, checked_peft_model
 from rmlora.methods.param_counts import full_shape, inference_count, trainable_count
 
 logger = logging.getLogger(__name__)
+
+# PEFT's save takes any zero-sized lora_A / lora_B for an ungathered ZeRO-3 / FSDP shard (save_and_load.py)
+_EMPTY_PAIRS_WARNING = r"Adapter '[^']*': \d+ LoRA tensor\(s\) have invalid shape"
 
 
 @dataclass
@@ -183,6 +188,7 @@ class AdaLoraMethod(TrainingMethod):
 
     methods = ("adalora",)
     uses_penalty = False  # PEFT puts the orthogonal regularizer into outputs.loss itself
+    export_on_save = True  # Trainer.save_model writes export(): PEFT's own save keeps rank-0 modules as empty pairs
 
     def __init__(
         self,
@@ -207,7 +213,7 @@ class AdaLoraMethod(TrainingMethod):
                 adalora_beta2=self.peft_config.beta2,
             )
         self.args = adalora
-        self._held_rank_pattern = None  # rank_pattern while checkpoint_save() hides it from PEFT
+        self._held_rank_pattern = None  # rank_pattern while a save hides or cuts it for PEFT
         self.total_steps: int | None = None
         if total_steps:
             self.set_total_steps(total_steps)
@@ -288,8 +294,41 @@ class AdaLoraMethod(TrainingMethod):
         return {"trainable": trainable_count(self.model), "inference": inference_count(self.model, training, kept)}
 
     def export(self, output_dir: str) -> None:
-        """PEFT's AdaLoRA adapter, cut to the kept triplets by PEFT (rank_pattern); vanilla PEFT loads it."""
-        save_adapter(self.model, output_dir, self)
+        """PEFT's AdaLoRA adapter, cut to the kept triplets by PEFT (rank_pattern); vanilla PEFT loads it.
+
+        A module pruned to rank 0 is left out of the adapter (exclude_modules): its ΔW is exactly 0 (the allocator
+        zeroes its Λ), and PEFT would save it as a zero-sized lora_A / lora_B pair, which its save warns about as
+        ungathered ZeRO-3 / FSDP shards. If every module is pruned, the adapter keeps PEFT's r = 0 pairs (PEFT
+        loads them, peft#1539, but cannot load an adapter that adapts no module), and that warning is not shown.
+        """
+        ranks = self.ranks()
+        pruned = {relative_module_name(name) for name, rank in ranks.items() if rank == 0}
+        if not pruned:
+            save_adapter(self.model, output_dir, self)
+            return
+        if len(pruned) == len(ranks):
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=_EMPTY_PAIRS_WARNING, category=PeftWarning)
+                save_adapter(self.model, output_dir, self)
+            return
+        prefixes = tuple(f"{PEFT_PREFIX}{name}." for name in pruned)
+        state_dict = {k: v for k, v in self.model.state_dict().items() if not k.startswith(prefixes)}
+        with self._config_leaving_out(pruned):
+            save_adapter(self.model, output_dir, self, state_dict=state_dict)
+
+    @contextlib.contextmanager
+    def _config_leaving_out(self, modules: set[str]):
+        """The adapter config without `modules` (excluded, out of rank_pattern) while a save writes it."""
+        config = self.peft_config
+        saved = config.rank_pattern, config.exclude_modules
+        self._held_rank_pattern = saved[0]  # ranks() and the counts written beside the adapter still read it
+        # PEFT keys rank_pattern by `<module>.lora_E.<adapter>`, or `<module>.lora_E` once a save has run
+        config.rank_pattern = {k: v for k, v in saved[0].items() if k.rsplit(".lora_E", 1)[0] not in modules}
+        config.exclude_modules = _excluding(saved[1], modules)
+        try:
+            yield
+        finally:
+            (config.rank_pattern, config.exclude_modules), self._held_rank_pattern = saved, None
 
     # -- checkpoints ------------------------------------------------------------------------------------------
     def extra_state(self) -> dict:
@@ -326,6 +365,15 @@ class AdaLoraMethod(TrainingMethod):
                     if n in params
                 },
             )
+
+
+def _excluding(exclude_modules, modules: set[str]):
+    """PEFT's exclude_modules (None, a list / set of names, or a regex) that also excludes `modules`."""
+    if not exclude_modules:
+        return sorted(modules)
+    if isinstance(exclude_modules, str):  # PEFT matches a string with re.fullmatch
+        return "|".join([f"(?:{exclude_modules})", *(re.escape(m) for m in sorted(modules))])
+    return sorted(set(exclude_modules) | modules)
 
 
 def _pattern_for(pattern: dict, module_name: str, adapter: str):

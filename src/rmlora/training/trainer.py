@@ -169,8 +169,10 @@ class RMLoraTrainer(Trainer):
             write_rmlora_state(output_dir or self.args.output_dir, self.rmlora)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        # a checkpoint must resume: AdaLoRA saves every triplet there, not PEFT's rank-cut adapter
-        with self.rmlora.checkpoint_save() if _internal_call else contextlib.nullcontext():
+        # a checkpoint must resume: AdaLoRA saves every triplet there, not PEFT's rank-cut adapter; so does a final
+        # save that export() then overwrites (AdaLoRA's export leaves out the modules pruned to rank 0)
+        raw = _internal_call or self.rmlora.export_on_save
+        with self.rmlora.checkpoint_save() if raw else contextlib.nullcontext():
             super().save_model(output_dir, _internal_call=_internal_call)
         # SoRA's raw adapter lacks the gates: a final save writes the exported (pruned, folded) adapter over it,
         # while checkpoints (_internal_call) keep the raw one plus the gates for resuming
