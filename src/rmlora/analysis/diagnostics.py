@@ -2,7 +2,10 @@
 
 ΔW is the update the adapter applies to the frozen weight, d_out x d_in, LoRA scaling included
 (PEFT's delta weight; for GPT-2's Conv1D PEFT stores it transposed, which changes no number here except
-that ΔWΔWᵀ is always d_out x d_out as in the paper's Table 5).
+that ΔWΔWᵀ is always d_out x d_out as in the paper's Table 5). It is the update learned relative to the
+pre-trained weight (rmlora.core.pairs): after PiSSA / OLoRA, s·(BA − B₀A₀), of rank up to 2R; under DoRA, the
+magnitude's rescaling included, in general of full rank (its spectrum then comes from a dense SVD). `lora_rank`
+stays the adapter's R, and the penalty terms are those of the trained A and B.
 
 The spectrum is computed through the factors, in float64 (rmlora.analysis.spectrum). A model's pairs
 come from the methods layer (rmlora.methods.pairs: SoRA's gates and AdaLoRA's scaling included), an
@@ -32,6 +35,7 @@ from rmlora.analysis.spectrum import (
     orthogonality_loss,
     stable_rank,
 )
+from rmlora.core.pairs import LoraPair
 from rmlora.io.adapters import adapter_pairs, read_adapter
 from rmlora.methods.pairs import delta_weight_pairs
 
@@ -100,13 +104,19 @@ class Diagnostics:
 
 
 def module_diagnostics(
-    name: str, A: torch.Tensor, B: torch.Tensor, scaling: float, rtol: float | None = None
+    name: str,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    scaling: float,
+    rtol: float | None = None,
+    singular_values: torch.Tensor | None = None,
 ) -> ModuleDiagnostics:
+    """Diagnostics of ΔW = scaling · B A, or of the ΔW whose `singular_values` are given (A, B: the trained factors)."""
     rank_r = int(A.shape[0])
     a = A.detach().reshape(rank_r, -1).to(torch.float64).cpu()
     b = B.detach().reshape(B.shape[0], rank_r).to(torch.float64).cpu()
     d_out, d_in = b.shape[0], a.shape[1]
-    sv = delta_singular_values(a, b, scaling)
+    sv = delta_singular_values(a, b, scaling) if singular_values is None else singular_values
     return ModuleDiagnostics(
         module=name,
         d_out=d_out,
@@ -125,9 +135,33 @@ def module_diagnostics(
 # -- from a model or from an adapter folder -----------------------------------------------------------
 
 
+def pair_singular_values(pair: LoraPair) -> torch.Tensor:
+    """Singular values of the pair's ΔW: through its factors (rank ≤ 2R), or of the dense ΔW (DoRA).
+
+    After PiSSA / OLoRA, ΔW = s·(BA − B₀A₀) is a difference of two large terms: what it has below their float64
+    rounding (max(d_out, d_in)·eps64·‖s·B₀A₀‖₂) is that rounding, not an update, and is set to 0, so that an
+    untrained adapter has rank 0 as PEFT's default init has.
+    """
+    factors = pair.delta_factors()
+    if factors is None:
+        return torch.linalg.svdvals(pair.delta_weight().detach().to(torch.float64).cpu())
+    sv = delta_singular_values(*factors, pair.scaling)
+    if pair.initial is not None:
+        A0, B0 = pair.initial
+        initial_norm = float(delta_singular_values(A0, B0, pair.scaling).max())
+        rounding = max(pair.d_out, pair.d_in) * torch.finfo(torch.float64).eps * initial_norm
+        sv = torch.where(sv > rounding, sv, torch.zeros_like(sv))
+    return sv
+
+
 def diagnose_model(model, rtol: float | None = None) -> Diagnostics:
     """Diagnostics of every adapted module of the active adapter of a PEFT model (LoRA, AdaLoRA, SoRA)."""
-    return Diagnostics([module_diagnostics(p.name, p.A, p.B, p.scaling, rtol) for p in delta_weight_pairs(model)])
+    return Diagnostics(
+        [
+            module_diagnostics(p.name, p.A, p.B, p.scaling, rtol, pair_singular_values(p))
+            for p in delta_weight_pairs(model)
+        ]
+    )
 
 
 def diagnose_adapter(adapter_dir: str, rtol: float | None = None) -> Diagnostics:

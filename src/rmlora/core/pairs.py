@@ -8,6 +8,12 @@ masks run as a few batched kernels instead of a Python loop over every parameter
 
 Only plain LoRA is read here; the baselines' ΔW factors (AdaLoRA's B (A⊙E), SoRA's gated B) are read by
 their methods (rmlora.methods.pairs.delta_weight_pairs).
+
+ΔW is the update learned, relative to the pre-trained weight W₀. For PEFT's default init that is s·BA. PiSSA
+and OLoRA start from BA ≠ 0 and move s·B₀A₀ out of the base weight, so ΔW = s·(BA − B₀A₀): `keep_initial_factors`
+keeps (A₀, B₀) as non-persistent buffers of each layer (they move with the model, and no checkpoint or adapter
+file sees them). DoRA rescales each output row of W + s·BA to a trained magnitude m, so its ΔW is
+diag(m / ‖W + s·BA‖_row)(W + s·BA) − W₀, in general of full rank (`LoraPair.delta_weight`).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from torch import nn
 
 from rmlora.errors import NoLoraPairsError
 
+INITIAL_A, INITIAL_B = "rmlora_initial_lora_A", "rmlora_initial_lora_B"  # buffer names, + "_<adapter>"
+
 
 @dataclass(eq=False)
 class LoraPair:
@@ -30,6 +38,13 @@ class LoraPair:
     rank: int
     scaling: float
     fan_in_fan_out: bool = False
+    initial: tuple[torch.Tensor, torch.Tensor] | None = None  # (A₀, B₀) of PiSSA / OLoRA, moved out of W
+    layer: nn.Module | None = None  # the LoRA layer, read for DoRA's magnitude and base weight
+    adapter: str = "default"
+
+    @property
+    def uses_dora(self) -> bool:
+        return self.layer is not None and bool(getattr(self.layer, "use_dora", {}).get(self.adapter, False))
 
     @property
     def d_in(self) -> int:
@@ -45,9 +60,43 @@ class LoraPair:
     def b_matrix(self) -> torch.Tensor:
         return self.B.reshape(self.B.shape[0], self.rank)
 
+    def delta_factors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(A', B') with ΔW = scaling · B' A': (A, B), or ([A; A₀], [B, −B₀]) after PiSSA / OLoRA (rank ≤ 2R, as
+        PEFT's conversion writes it); None for DoRA, whose ΔW is not low-rank (use delta_weight)."""
+        if self.uses_dora:
+            return None
+        a, b = self.a_matrix().detach(), self.b_matrix().detach()
+        if self.initial is None:
+            return a, b
+        a0, b0 = self.initial
+        a0, b0 = a0.reshape(self.rank, -1).to(a), b0.reshape(b0.shape[0], self.rank).to(b)
+        return torch.cat([a, a0]), torch.cat([b, -b0], dim=1)
+
     def delta_weight(self) -> torch.Tensor:
-        """ΔW = scaling · B A as a d_out x d_in matrix (dense; for tests and small modules)."""
-        return self.scaling * (self.b_matrix().float() @ self.a_matrix().float())
+        """ΔW, the update learned relative to the pre-trained weight, d_out x d_in, float32 (dense; for tests,
+        DoRA's diagnostics and small modules)."""
+        factors = self.delta_factors()
+        if factors is not None:
+            a, b = factors
+            return self.scaling * (b.float() @ a.float())
+        return self._dora_delta_weight()
+
+    @torch.no_grad()
+    def _dora_delta_weight(self) -> torch.Tensor:
+        # W' = diag(m / ‖W + s·BA‖_row)(W + s·BA) (PEFT's DoRA merge, with PEFT's own norm), W₀ = W + s·B₀A₀
+        layer, adapter = self.layer, self.adapter
+        if not isinstance(layer.lora_A[adapter], nn.Linear):
+            raise NotImplementedError(f"ΔW of DoRA on {type(layer.get_base_layer()).__name__} layers ({self.name})")
+        stored = layer.get_base_layer().weight
+        weight = (stored.T if self.fan_in_fan_out else stored).float()
+        lora = self.scaling * (self.b_matrix().float() @ self.a_matrix().float())
+        magnitude = layer.lora_magnitude_vector[adapter]
+        norm = magnitude.get_weight_norm(stored.float(), lora, scaling=1).detach()
+        merged = (magnitude.weight.float() / norm).view(-1, 1) * (weight + lora)
+        if self.initial is not None:
+            a0, b0 = self.initial
+            weight = weight + self.scaling * (b0.float() @ a0.float())
+        return merged - weight
 
 
 @dataclass(eq=False)
@@ -95,6 +144,37 @@ def lora_factors(module: nn.Module, adapter: str) -> tuple[nn.Parameter, nn.Para
     return None
 
 
+def _initial_buffers(module: nn.Module, adapter: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    A0 = getattr(module, f"{INITIAL_A}_{adapter}", None)
+    return None if A0 is None else (A0, getattr(module, f"{INITIAL_B}_{adapter}"))
+
+
+@torch.no_grad()
+def keep_initial_factors(model: nn.Module) -> None:
+    """Keep (A₀, B₀) of every LoRA layer's active adapter(s) as non-persistent buffers, right after an init that
+    moved s·B₀A₀ out of the base weight (PiSSA, OLoRA): ΔW and the exported adapter are measured from them."""
+    for module in model.modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        for adapter in module.active_adapters:
+            factors = lora_factors(module, adapter)
+            if factors is not None:
+                module.register_buffer(f"{INITIAL_A}_{adapter}", factors[0].detach().clone(), persistent=False)
+                module.register_buffer(f"{INITIAL_B}_{adapter}", factors[1].detach().clone(), persistent=False)
+
+
+def initial_factors(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{module path: (A₀, B₀)} of the active adapter's layers that keep them (empty unless PiSSA / OLoRA)."""
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer):
+            for adapter in module.active_adapters:
+                initial = _initial_buffers(module, adapter)
+                if initial is not None:
+                    out[name] = initial
+    return out
+
+
 def find_lora_pairs(model: nn.Module, require_grad: bool = False) -> list[LoraPair]:
     """Every (A, B) pair of the active adapter(s) of `model` (a PeftModel or a model with LoRA layers).
 
@@ -119,6 +199,9 @@ def find_lora_pairs(model: nn.Module, require_grad: bool = False) -> list[LoraPa
                     rank=int(A.shape[0]),
                     scaling=float(module.scaling[adapter]),
                     fan_in_fan_out=bool(getattr(module, "fan_in_fan_out", False)),
+                    initial=_initial_buffers(module, adapter),
+                    layer=module,
+                    adapter=adapter,
                 )
             )
     return pairs

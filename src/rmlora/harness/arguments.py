@@ -32,6 +32,7 @@ from rmlora.config import (
 )
 from rmlora.errors import ConfigError, RMLoraError
 from rmlora.methods import AdaLoraArguments, LoraArguments, SoraArguments
+from rmlora.methods.lora import check_variants
 from rmlora.tasks import DataArguments, ModelArguments
 
 PROG = "rmlora train"
@@ -129,12 +130,15 @@ def parse_args(argv: list[str]) -> tuple:
     parser = build_parser()
     try:
         if len(argv) == 1 and argv[0].endswith(".json"):
-            return parser.parse_json_file(os.path.abspath(argv[0]))
-        return parser.parse_args_into_dataclasses(args=argv)
+            args = parser.parse_json_file(os.path.abspath(argv[0]))
+        else:
+            args = parser.parse_args_into_dataclasses(args=argv)
     except (ValueError, TypeError) as e:  # dataclass validation (e.g. lora_r < 1) and TrainingArguments' checks
         if isinstance(e, RMLoraError):
             raise
         raise ConfigError(str(e).strip().splitlines()[0]) from None
+    check_variants(args[2].method, args[3])  # a PEFT variant the method cannot take, refused before any training
+    return args
 
 
 def num_training_steps(num_examples: int, training_args) -> int:

@@ -75,8 +75,10 @@ def method_label(method: str, rank: int | None = None, ranks: dict | None = None
 
 
 def row_label(key: tuple, runs: Sequence[dict]) -> str:
-    method, rank = key
+    method, rank = key[:2]
     label = method_label(method, rank, runs[0].get("ranks"))
+    if len(key) > 2 and key[2]:  # a PEFT variant (PiSSA, DoRA, LoRA+ ...): rmlora.harness.labels.variant_name
+        label = f"{label} + {key[2]}"
     setting = runs[0].get("selected_setting")  # chosen on validation (rmlora.harness.selection)
     return f"{label} ({setting})" if setting else label
 
@@ -128,14 +130,15 @@ def _bold(text: str, on: bool) -> str:
 
 
 def _row_order(key: tuple) -> tuple:
-    method, rank = key
+    method, rank = key[:2]
     order = METHODS.index(method) if method in METHODS else len(METHODS)
-    return (method != "full", rank if rank is not None else -1, order, method)
+    return (method != "full", rank if rank is not None else -1, order, method, key[2] or "" if len(key) > 2 else "")
 
 
 def rows_of(records: Sequence[dict]) -> list[tuple[tuple, list[dict]]]:
-    """(method, rank) groups of the seeds of each cell, in table order."""
-    return sorted(group_by(records, ("method", "rank")).items(), key=lambda item: _row_order(item[0]))
+    """(method, rank, variant name) groups of the seeds of each cell, in table order."""
+    keys = ("method", "rank", "variant_name")
+    return sorted(group_by(records, keys).items(), key=lambda item: _row_order(item[0]))
 
 
 def _param_counts(runs: Sequence[dict]) -> str:
@@ -163,7 +166,7 @@ def _metric_columns(rows, split: str, names: Sequence[str]) -> list[list[str]]:
 
 def _trained_ranks(key: tuple, runs: Sequence[dict]) -> str:
     """ "# T / I rank" of Tables 2/3: the rank trained and the rank kept at inference."""
-    method, rank = key
+    method, rank = key[:2]
     if method == "full" or rank is None:
         return "N/A / N/A"
     r0 = runs[0]
@@ -335,8 +338,9 @@ def _figures(output_dir: str, runs: Sequence[dict], base: str, suffix: str) -> t
     histories: dict[str, list[list[dict]]] = {}
     rank_of_label: dict[str, int | None] = {}
     spectra_runs = []
-    for (method, rank), seeds in rows_of(runs):
-        label = row_label((method, rank), seeds)
+    for key, seeds in rows_of(runs):
+        method, rank = key[:2]
+        label = row_label(key, seeds)
         rank_of_label[label] = rank
         for record in seeds:
             run_dir = _run_dir(output_dir, record)

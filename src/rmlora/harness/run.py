@@ -26,6 +26,7 @@ from rmlora.analysis.diagnostics import Diagnostics, diagnose_adapter, diagnose_
 from rmlora.config import LORA_METHODS, RMLoraConfig
 from rmlora.errors import ConfigError
 from rmlora.harness.arguments import num_training_steps, rmlora_config, versions
+from rmlora.harness.labels import variant_name
 from rmlora.io import atomic
 from rmlora.io.run_files import DIAGNOSTICS_NAME, HISTORY_NAME, METRICS_NAME
 from rmlora.methods import prepare_model
@@ -49,6 +50,7 @@ class Run:
     model_name: str
     lora_r: int | None  # None for full fine-tuning
     target_modules: str | None
+    variant: dict | None = None  # PEFT's LoRA variant flags that differ from plain LoRA
 
 
 def run_training(model_args, data_args, method_args, lora_args, adalora_args, sora_args, training_args) -> dict:
@@ -135,6 +137,7 @@ def build_run(model_args, data_args, config, lora_args, adalora_args, sora_args,
         compute_metrics=task.trainer_metrics(),
         rmlora_config=config,
         method_settings=settings,
+        loraplus_lr_ratio=lora_args.loraplus_lr_ratio,
     )
     history = HistoryCallback(
         os.path.join(training_args.output_dir, HISTORY_NAME),
@@ -154,6 +157,7 @@ def build_run(model_args, data_args, config, lora_args, adalora_args, sora_args,
         model_name=model_args.model_name_or_path,
         lora_r=None if full else lora_args.lora_r,
         target_modules=None if full else lora_args.target_modules,
+        variant=None if full else lora_args.variant(),
     )
 
 
@@ -224,6 +228,8 @@ def write_run(run: Run, final: dict, start: float) -> dict:
         "epochs": trainer.state.epoch,
         "data": task.describe(),
         "target_modules": run.target_modules,
+        "variant": run.variant,  # PEFT's LoRA variant flags that differ from plain LoRA (LoraArguments.variant)
+        "variant_name": variant_name(run.variant) or None,  # "PiSSA + DoRA"; None for plain LoRA (rows, selection)
         "rmlora_config": config.to_dict(),
         "versions": versions(),
     }

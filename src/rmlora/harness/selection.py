@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from rmlora.errors import ConfigError, DataError
 from rmlora.harness.aggregate import group_by, higher_is_better, mean_std, metric_names
 from rmlora.harness.grid import setting_label
+from rmlora.harness.labels import VARIANT_FLAGS
 from rmlora.io.atomic import write_json
 from rmlora.io.run_files import read_json
 
@@ -46,6 +47,7 @@ def write_criterion(output_dir: str, select_on: str, records: Sequence[dict] = (
             "model": c["key"][1],
             "method": c["key"][2],
             "rank": c["key"][3],
+            "variant": c["key"][4],
             "setting": dict(c["chosen"]),
             "metric": c["metric"],
             "scores": [{"setting": dict(s), "mean": mean, "seeds": n} for s, mean, n in c["scores"]],
@@ -84,7 +86,7 @@ def validation_metric(records: Sequence[dict], select_on: str = DEFAULT_CRITERIO
     return f"eval_{metric}"
 
 
-SELECTION_KEYS = ("task", "model", "method", "rank")
+SELECTION_KEYS = ("task", "model", "method", "rank", "variant_name")  # each PEFT variant is a row of its own
 
 
 def select(
@@ -126,13 +128,16 @@ def selected_records(records: Sequence[dict], select_on: str = DEFAULT_CRITERION
     choices = {c["key"]: c for c in select(records, select_on)}
     kept, lines = [], []
     for r in records:
-        choice = choices.get((r.get("task"), r.get("model"), r.get("method"), r.get("rank")))
+        choice = choices.get(tuple(r.get(k) for k in SELECTION_KEYS))
         if choice is None:
             kept.append(r)
         elif _setting(r) == choice["chosen"]:
-            kept.append({**r, "selected_setting": setting_label(choice["chosen"])})
+            # a variant flag is in the row's name already (rmlora.harness.report.row_label)
+            chosen = {k: v for k, v in choice["chosen"] if k not in VARIANT_FLAGS}
+            kept.append({**r, "selected_setting": setting_label(chosen)})
     for choice in choices.values():
-        _, _, method, rank = choice["key"]
+        _, _, method, rank, variant = choice["key"]
+        method = f"{method} + {variant}" if variant else method
         others = "; ".join(
             f"{setting_label(s)}: {mean:.4f} ({n} seed{'s' * (n != 1)})" for s, mean, n in choice["scores"]
         )

@@ -12,13 +12,15 @@ import json
 import math
 import os
 import re
+import tempfile
 import warnings
 
 import torch
 from peft import PeftModel
+from peft.utils import get_peft_model_state_dict
 from peft.utils.other import get_pattern_key
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from rmlora.errors import AdapterError
 from rmlora.io.state import write_rmlora_state
@@ -57,6 +59,37 @@ def save_adapter(model, output_dir: str, rmlora=None, state_dict=None) -> None:
     `state_dict`, if given, is the model state PEFT takes the adapter's tensors from (default: the model's).
     """
     model.save_pretrained(output_dir, safe_serialization=True, state_dict=state_dict)
+    if rmlora is not None:
+        write_rmlora_state(output_dir, rmlora)
+
+
+def save_converted_adapter(model, output_dir: str, initial_state: dict[str, torch.Tensor], rmlora=None) -> None:
+    """Save an adapter trained from PiSSA / OLoRA so that it loads on the *original* base model.
+
+    Those inits move s·B₀A₀ out of the base weight; PEFT's `save_pretrained(...,
+    path_initial_model_for_weight_conversion=...)` rewrites the trained (A, B) as the plain LoRA adapter
+    A' = [A; A₀], B' = [B, −B₀] of rank 2R (alpha doubled, the scaling unchanged), whose ΔW = s·(BA − B₀A₀).
+    `initial_state` is the adapter's state dict as it was at initialisation (PEFT's keys).
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        initial_dir = os.path.join(tmp, "initial")
+        os.makedirs(initial_dir)
+        initial = {k: v.detach().contiguous() for k, v in initial_state.items()}
+        save_file(initial, os.path.join(initial_dir, ADAPTER_WEIGHTS_NAME))
+        model.peft_config[model.active_adapter].save_pretrained(initial_dir)  # PEFT resets its init to True
+        with warnings.catch_warnings():
+            # loading the initial adapter beside the trained one is what the conversion is for
+            warnings.filterwarnings("ignore", message=".*changes the base weights of the model")
+            model.save_pretrained(
+                output_dir, safe_serialization=True, path_initial_model_for_weight_conversion=initial_dir
+            )
+    # PEFT's conversion (LoraModel.subtract_mutated_init) writes lora_A / lora_B only: the heads (modules_to_save)
+    # and DoRA's magnitudes, which the conversion does not change, are put back from the trained state
+    weights_path = os.path.join(output_dir, ADAPTER_WEIGHTS_NAME)
+    converted = load_file(weights_path)
+    dropped = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(model).items() if k not in converted}
+    if dropped:
+        save_file({**converted, **dropped}, weights_path, metadata={"format": "pt"})
     if rmlora is not None:
         write_rmlora_state(output_dir, rmlora)
 

@@ -19,7 +19,7 @@ from rmlora.errors import ConfigError
 from rmlora.methods.adalora import AdaLoraMethod
 from rmlora.methods.base import TrainingMethod
 from rmlora.methods.full import FullFineTuning
-from rmlora.methods.lora import LoraArguments, LoraMethod
+from rmlora.methods.lora import LoraArguments, LoraMethod, check_variants
 from rmlora.methods.settings import MethodSettings
 from rmlora.methods.sora import SoraMethod
 
@@ -39,6 +39,7 @@ def prepare_model(
 ) -> nn.Module:
     """Wrap `base_model` for `config.method`: PEFT LoRA, PEFT AdaLoRA, SoRA's gated LoRA, or itself (full)."""
     parsed = MethodSettings.from_mapping(settings)
+    check_variants(config.method, lora or LoraArguments())
     with warnings.catch_warnings():
         # PEFT's PeftModel.__init__ reads transformers' deprecated `is_gradient_checkpointing` alias on every wrap
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)

@@ -23,6 +23,9 @@ As with RMLoraCallback, the penalty's gradient comes after any gradient clipping
 clipped) and the masks act on the clipped gradient (`mask_before_clipping` cannot be honoured here; use
 RMLoraTrainer for that); with clipping off both paths give RMLoraTrainer's update (tested).
 
+LoRA+ (`loraplus_lr_ratio`): the inner optimizer is PEFT's `create_loraplus_optimizer`, whose param groups give
+B (and every 1-d parameter: biases, DoRA's magnitudes) ratio × lr; the penalty and the masks act as before.
+
 The wrapper holds the inner optimizer like accelerate's AcceleratedOptimizer: `param_groups`, `state` and
 `defaults` are the inner optimizer's own objects, so LR schedulers, grad scalers and `AcceleratedOptimizer`
 work on it; attributes it lacks (step hooks, optimizer-specific methods) resolve on the inner optimizer.
@@ -31,6 +34,7 @@ work on it; attributes it lacks (step hooks, optimizer-specific methods) resolve
 from __future__ import annotations
 
 import torch
+from peft.optimizers import create_loraplus_optimizer
 from torch import nn
 from transformers.trainer_pt_utils import get_parameter_names
 
@@ -157,6 +161,7 @@ def create_rmlora_optimizer(
     model: nn.Module,
     optimizer_cls: type[torch.optim.Optimizer] = torch.optim.AdamW,
     rmlora_config: RMLoraConfig | None = None,
+    loraplus_lr_ratio: float | None = None,
     **optimizer_kwargs,
 ) -> RMLoraOptimizer:
     """An optimizer over `model`'s trainable parameters whose `step()` applies RM-LoRA (module docstring).
@@ -166,9 +171,21 @@ def create_rmlora_optimizer(
             every other trainable parameter (heads, `modules_to_save`) is stepped normally.
         optimizer_cls: the inner optimizer's class (`torch.optim.AdamW`, `torch.optim.SGD`, ...).
         rmlora_config: the method's settings (`RMLoraConfig()` by default: rm-lora, the paper's defaults).
+        loraplus_lr_ratio: LoRA+ (PEFT's `create_loraplus_optimizer`): B's learning rate is this ratio × `lr`
+            (`lr` is then required); None: one learning rate.
         optimizer_kwargs: passed to `optimizer_cls` (`lr`, `betas`, ...). `weight_decay` applies, as in
             transformers' Trainer, to every parameter but biases and norms.
     """
+    if loraplus_lr_ratio is not None:
+        if "lr" not in optimizer_kwargs:
+            raise ConfigError("loraplus_lr_ratio needs lr (A's learning rate; B's is ratio × lr)")
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ConfigError("the model has no trainable parameters: wrap it with peft.get_peft_model first")
+        decay = optimizer_kwargs.pop("weight_decay", 0.0)
+        inner = create_loraplus_optimizer(
+            model, optimizer_cls, loraplus_lr_ratio=loraplus_lr_ratio, loraplus_weight_decay=decay, **optimizer_kwargs
+        )
+        return RMLoraOptimizer(inner, RMLora(model, rmlora_config))
     if "weight_decay" in optimizer_kwargs:
         groups = _parameter_groups(model, optimizer_kwargs.pop("weight_decay"))
     else:  # the optimizer's own default weight decay, for every parameter

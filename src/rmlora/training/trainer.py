@@ -5,6 +5,7 @@
   clip norm is that of the masked gradient), else in `on_pre_optimizer_step`, after clipping;
 - strict mode restores the unselected directions in `on_optimizer_step`;
 - the penalty is logged as `rmlora_penalty` at logging steps (summed on device, one sync per log);
+- `loraplus_lr_ratio` builds the optimizer with PEFT's `create_loraplus_optimizer` (LoRA+: B at ratio × lr);
 - checkpoints carry `rmlora_config.json` beside PEFT's adapter files, and a resume checks it.
 """
 
@@ -15,6 +16,7 @@ import json
 import os
 
 import torch
+from peft.optimizers import create_loraplus_optimizer
 from transformers import Trainer, TrainerCallback
 
 from rmlora.config import RMLoraConfig
@@ -63,7 +65,8 @@ class RMLoraTrainer(Trainer):
     """`RMLoraTrainer(model=peft_model, ..., rmlora_config=RMLoraConfig(...))`.
 
     The model comes from `rmlora.methods.prepare_model` (or `peft.get_peft_model` for the LoRA
-    variants); `method_settings` carries a baseline's own knobs (AdaLoRA, SoRA).
+    variants); `method_settings` carries a baseline's own knobs (AdaLoRA, SoRA); `loraplus_lr_ratio` turns on
+    LoRA+ (the LoRA variants only).
     """
 
     def __init__(
@@ -72,6 +75,7 @@ class RMLoraTrainer(Trainer):
         rmlora_config: RMLoraConfig | None = None,
         method_settings: dict | None = None,
         nonfinite_loss: str = "raise",
+        loraplus_lr_ratio: float | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -83,6 +87,12 @@ class RMLoraTrainer(Trainer):
             raise ConfigError(f"nonfinite_loss must be 'raise' or 'skip', got {nonfinite_loss!r}")
         self.rmlora = build_training_method(self.model, rmlora_config, **(method_settings or {}))
         refuse_deepspeed_masking(self.rmlora.config, self.is_deepspeed_enabled)
+        if loraplus_lr_ratio is not None and not self.rmlora.config.is_lora_variant:
+            raise ConfigError(
+                f"loraplus_lr_ratio: LoRA+ sets B's learning rate in B A; method {self.rmlora.config.method!r} has "
+                "no such pair: drop it or use a LoRA method"
+            )
+        self.loraplus_lr_ratio = loraplus_lr_ratio
         self.nonfinite_loss = nonfinite_loss
         self.skipped_steps: list[int] = []
         self._skip_this_step = False
@@ -151,10 +161,27 @@ class RMLoraTrainer(Trainer):
         for p in excluded:
             p.requires_grad_(False)
         try:
+            if self.loraplus_lr_ratio is not None and self.optimizer is None:
+                return self._create_loraplus_optimizer(self.model if model is None else model)
             return super().create_optimizer(model) if model is not None else super().create_optimizer()
         finally:
             for p in excluded:
                 p.requires_grad_(True)
+
+    def _create_loraplus_optimizer(self, model):
+        # the Trainer's optimizer class and arguments (--optim, betas, eps), in PEFT's LoRA+ param groups
+        optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        kwargs = dict(kwargs)
+        lr = kwargs.pop("lr", self.args.learning_rate)
+        self.optimizer = create_loraplus_optimizer(
+            model,
+            optimizer_cls,
+            lr=lr,
+            loraplus_lr_ratio=self.loraplus_lr_ratio,
+            loraplus_weight_decay=self.args.weight_decay,
+            **kwargs,
+        )
+        return self.optimizer
 
     # -- masking before clipping -------------------------------------------------------------------------
     def _clip_grad_norm(self, model):
