@@ -286,3 +286,16 @@ def test_variant_names():
     assert variant_name({"init_lora_weights": "olora", "use_dora": True}) == "OLoRA + DoRA"
     assert variant_name({"use_rslora": True, "loraplus_lr_ratio": 16.0}) == "rsLoRA + LoRA+ ×16"
     assert variant_name(LoraArguments(init_lora_weights="gaussian").variant()) == "Gaussian init"
+
+
+def test_help_documents_the_variant_flags(capsys):
+    from rmlora.cli.main import main
+
+    assert main(["train", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for flag, words in (
+        ("--init_lora_weights", "pissa_niter_K"),
+        ("--use_dora", "magnitude"),
+        ("--loraplus_lr_ratio", "create_loraplus_optimizer"),
+    ):
+        assert flag in text and words in text, flag
