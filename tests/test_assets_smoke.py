@@ -302,6 +302,7 @@ def _build_all(path: str) -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="the racing builders are forked processes")
+@pytest.mark.slow  # three processes each build every smoke asset
 def test_builds_give_the_same_bytes_and_concurrent_builds_do_not_collide(root, tmp_path):
     import multiprocessing
 

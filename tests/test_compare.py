@@ -283,6 +283,7 @@ Sweep(sys.argv[1], build_grid(["lora"], [4], [0]), ["--model_name_or_path", "tin
 """
 
 
+@pytest.mark.slow  # a sweep in its own process, killed with SIGTERM
 def test_sigterm_of_an_isolated_sweep_stops_its_child(tmp_path):
     """`kill <sweep pid>` (SIGTERM) must not leave the cell's training process running on its own."""
     import signal

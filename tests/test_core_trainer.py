@@ -225,3 +225,27 @@ def test_masking_methods_are_refused_under_deepspeed(tmp_path, monkeypatch, meth
             build()
     else:
         assert build().is_deepspeed_enabled
+
+
+def test_the_evaluation_loss_carries_no_penalty_while_training_loss_does(tmp_path):
+    """The released code adds the penalty to the evaluation loss too (docs/FIDELITY.md); rmlora adds it only while
+    training, so eval_loss is the task loss alone: the mean of the model's own loss over the evaluation batches."""
+    model = peft_bert(r=4)
+    config = RMLoraConfig(method="r-lora", reg_form="squared", reg_reduction="sum", reg_weight=1.0)
+    tr = RMLoraTrainer(
+        model=model,
+        args=args(tmp_path, max_steps=2, per_device_eval_batch_size=4),
+        train_dataset=dataset(8),
+        eval_dataset=dataset(8, seed=5),
+        rmlora_config=config,
+    )
+    tr.train()
+    assert tr.rmlora.penalty().item() > 1.0  # large beside a loss of about 1: its absence is visible
+    got = tr.evaluate()["eval_loss"]
+    batch = {k: torch.tensor(v) for k, v in dataset(8, seed=5)[:].items()}
+    model.eval()
+    with torch.no_grad():
+        want = sum(model(**{k: v[i : i + 4] for k, v in batch.items()}).loss.item() for i in (0, 4)) / 2
+    assert got == pytest.approx(want, rel=1e-5)
+    logged = [h["rmlora_penalty"] for h in tr.state.log_history if "rmlora_penalty" in h]
+    assert logged and all(p > 1.0 for p in logged)  # the training loss did carry it
