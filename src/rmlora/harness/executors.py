@@ -36,6 +36,7 @@ from rmlora.io.run_files import CELL_NAME, TRAIN_LOG_NAME
 
 LOG_TAIL_LINES = 5
 RAY_CONNECT_TIMEOUT_S = 10.0  # an unreachable --ray_address fails after this long, not after Ray's own minutes
+RAY_GCS_ATTEMPTS = "RAY_gcs_server_port_wait_time_s"  # read by ray.init: how many times it tries to reach the GCS
 RAY_INSTALL_HINT = "--backend ray needs Ray: pip install 'rmlora[cluster]' (or pip install ray)"
 
 
@@ -245,12 +246,16 @@ class RayExecutor:
         if self.started:
             try:
                 if address:
-                    ray.init(address=address, log_to_driver=False, include_dashboard=False)
+                    with _one_gcs_attempt():
+                        ray.init(address=address, log_to_driver=False, include_dashboard=False)
                 else:
                     ray.init(num_cpus=num_cpus, log_to_driver=False, include_dashboard=False)
             except (ConnectionError, RuntimeError, ValueError) as e:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise ConfigError(f"cannot connect to Ray at --ray_address {address}: {first}") from None
+                raise ConfigError(
+                    f"cannot connect to Ray at --ray_address {address}: {first}: is it a Ray head's address "
+                    "(`ray start --head --port PORT` on that node)?"
+                ) from None
         resources = ray.cluster_resources()
         gpus = devices_per_cell if resources.get("GPU", 0) else 0
         # how many cells can run at once (for the progress bar): the cluster's CPUs (and GPUs) over a cell's share
@@ -259,8 +264,9 @@ class RayExecutor:
             self.jobs = max(1, min(self.jobs, int(resources["GPU"] // gpus)))
         self._refs: set = set()
         # retries are the sweep's (--max_retries), so that a local and a Ray run count them alike
-        self.remote = ray.remote(run_cell_job).options(num_cpus=threads_per_cell, num_gpus=gpus, max_retries=0)
+        self.remote = ray.remote(run_in_folder).options(num_cpus=threads_per_cell, num_gpus=gpus, max_retries=0)
         self.gpus = gpus
+        self.folder = os.getcwd()
 
     def describe(self) -> str:
         resources = self.ray.cluster_resources()
@@ -270,7 +276,7 @@ class RayExecutor:
         )
 
     def submit(self, job: CellJob) -> Future:
-        ref = self.remote.remote(job, thread_env(self.threads))
+        ref = self.remote.remote(self.folder, job, thread_env(self.threads))
         self._refs.add(ref)
         out: Future = Future()
 
@@ -279,7 +285,8 @@ class RayExecutor:
             try:
                 out.set_result(inner.result())
             except Exception as e:  # noqa: BLE001 - a worker or node that died under the task
-                reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                text = str(e).strip()  # its first sentence: Ray's go on about where to look next
+                reason = f"{type(e).__name__}: {text.split('. ')[0].splitlines()[0] if text else ''}"
                 out.set_result(CellOutcome(None, killed=True, log_tail=log_tail(job.run_dir), error=reason))
 
         ref.future().add_done_callback(done)
@@ -294,6 +301,32 @@ class RayExecutor:
                 pass
         if self.started:
             self.ray.shutdown()
+
+
+def run_in_folder(folder: str, job: CellJob, env: dict[str, str]) -> CellOutcome:
+    """On a Ray worker: `run_cell_job` in the driver's folder, so that a relative --output_dir or model path means
+    what it means to the driver (a Ray worker starts in the folder its node's `ray start` ran in)."""
+    try:
+        os.chdir(folder)
+    except OSError as e:
+        if not os.path.isabs(job.run_dir):
+            host = socket.gethostname()
+            return CellOutcome(None, error=f"{host} has no folder {folder} for {job.run_dir} ({e})", host=host)
+    return run_cell_job(job, env)
+
+
+@contextlib.contextmanager
+def _one_gcs_attempt():
+    """Ray tries to reach a cluster's GCS 20 times, and on an address that accepts connections but is not Ray each try
+    waits about 40 s (13 minutes in all); one try tells a live cluster from that. A value the user set is kept."""
+    if RAY_GCS_ATTEMPTS in os.environ:
+        yield
+        return
+    os.environ[RAY_GCS_ATTEMPTS] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(RAY_GCS_ATTEMPTS, None)
 
 
 def _check_reachable(address: str, timeout_s: float) -> None:
