@@ -1,5 +1,6 @@
-"""Wall time of one `rmlora compare` grid run with --jobs 1, --jobs 1 --isolate, --jobs 2 (and --backend ray
---jobs 2 with --ray), one after the other on the same machine, and the ratios to --jobs 1.
+"""Wall time of one `rmlora compare` grid run with --jobs 1, --jobs 1 --isolate, --jobs 2 (warm workers), --jobs 2
+--worker_mode process (and --backend ray --jobs 2 with --ray), one after the other on the same machine, and the
+ratios to --jobs 1 (bench/warm_workers.py: cells per hour and per-cell overhead).
 
 The grid is the test suite's: a tiny BERT (tests/helpers.py) on the RTE fixture, 2 methods × 2 seeds at R = 4;
 --epochs sets how long a cell trains, so that training (which parallel cells share out) weighs against the
@@ -53,6 +54,7 @@ def main() -> None:
         env["XDG_CACHE_HOME"] = os.path.join(tmp, "cache")
         model = save_text_model(os.path.join(tmp, "tiny-bert"))
         runs = {"--jobs 1": [], "--jobs 1 --isolate": ["--isolate"], "--jobs 2": ["--jobs", "2"]}
+        runs["--jobs 2 --worker_mode process"] = ["--jobs", "2", "--worker_mode", "process"]
         if args.ray:
             runs["--backend ray --jobs 2"] = ["--backend", "ray", "--jobs", "2"]
         walls = {}
@@ -64,6 +66,8 @@ def main() -> None:
     for name, wall in walls.items():
         print(f"  {name:<24} {wall / base:5.2f}")
     print(f"--jobs 2 / --jobs 1 --isolate: {walls['--jobs 2'] / walls['--jobs 1 --isolate']:.2f}")
+    process = walls["--jobs 2 --worker_mode process"]
+    print(f"--jobs 2 / --jobs 2 --worker_mode process: {walls['--jobs 2'] / process:.2f}")
 
 
 if __name__ == "__main__":

@@ -163,6 +163,7 @@ def start_killer(marker, stop):
 
 FAKE_ARGV = ["--methods", "lora", "rm-lora", "--ranks", "4", "--seeds", "0", "--no_progress", "--no_report"]
 FAKE_COMMON = ["--model_name_or_path", "tiny", "--task_name", "rte", "--jobs", "2", "--threads_per_cell", "1"]
+FAKE_COMMON += ["--worker_mode", "process"]  # a `rmlora train` process per cell, replaced by FAKE_TRAIN
 
 
 def attempts(marker):

@@ -18,6 +18,7 @@ from rmlora.harness.grid import INIT_RANK_FACTOR, build_grid, flag_map, parse_ax
 from rmlora.harness.report import write_report
 from rmlora.harness.selection import DEFAULT_CRITERION, check_criterion, write_criterion
 from rmlora.harness.sweep import Sweep
+from rmlora.harness.warm_pool import MAX_CELLS_PER_WORKER, WarmExecutor
 from rmlora.io.run_files import RUNS_DIR, read_results
 from rmlora.lists import split_list
 
@@ -40,8 +41,10 @@ axes:       --grid FLAG=V1,V2 (every method) or --grid METHOD:FLAG=V1,V2, repeat
             (per combination of the axes), named e.g. rm-lora_r8_reg_weight=0.01_s0. The report shows, per
             method and rank, the setting with the best mean validation metric over the seeds (--select_on),
             named in its row; the choice never reads the test split.
-parallel:   --jobs N runs N cells at once, each its own `rmlora train` process (log: runs/<cell>/train.log),
-            one accelerator each (--devices_per_cell), or --threads_per_cell CPU threads on a CPU machine;
+parallel:   --jobs N runs N cells at once in N warm worker processes that train cell after cell (a fresh
+            process after --max_cells_per_worker cells; --worker_mode process: a new `rmlora train` process per
+            cell), log: runs/<cell>/train.log; one accelerator each (--devices_per_cell, fixed per worker), or
+            --threads_per_cell CPU threads on a CPU machine;
             --backend ray [--ray_address auto|HOST:PORT] runs each cell as a Ray task (a local Ray without an
             address; on a cluster, --output_dir must be on storage every node mounts). A killed cell is
             retried --max_retries times; a cell that fails never stops the others (docs/COMPARE.md).
@@ -70,9 +73,10 @@ def _ints(values: list[str], flag: str) -> list[int]:
 
 
 def add_executor_arguments(parser) -> None:
-    """Where cells run (--jobs, --devices_per_cell, --threads_per_cell, --backend, --ray_address): `rmlora compare`'s
-    and `rmlora recipe run`'s flags, read by make_executor."""
-    parser.add_argument("--jobs", type=int, default=1, help="cells at once, each in its own process (default 1)")
+    """Where cells run (--jobs, --devices_per_cell, --threads_per_cell, --backend, --worker_mode,
+    --max_cells_per_worker, --ray_address): `rmlora compare`'s and `rmlora recipe run`'s flags, read by
+    make_executor."""
+    parser.add_argument("--jobs", type=int, default=1, help="cells at once, each in a worker process (default 1)")
     parser.add_argument(
         "--devices_per_cell",
         type=int,
@@ -87,6 +91,20 @@ def add_executor_arguments(parser) -> None:
     )
     parser.add_argument(
         "--backend", choices=["local", "ray"], default="local", help="local processes (default) or Ray tasks"
+    )
+    parser.add_argument(
+        "--worker_mode",
+        choices=["warm", "process"],
+        default="warm",
+        help="local --jobs N > 1: warm (default): N worker processes that train cell after cell, importing torch "
+        "and transformers once each; process: a new `rmlora train` process per cell",
+    )
+    parser.add_argument(
+        "--max_cells_per_worker",
+        type=int,
+        default=MAX_CELLS_PER_WORKER,
+        help="warm workers: cells a worker trains before a fresh process replaces it, which bounds the memory runs "
+        f"do not give back (default {MAX_CELLS_PER_WORKER}; a failed cell also ends its worker)",
     )
     parser.add_argument(
         "--ray_address",
@@ -162,9 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def make_executor(args):
-    """None (cells one after another in this process), local processes or Ray, from the flags."""
+    """None (cells one after another in this process), warm local workers, a process per cell or Ray, from the
+    flags."""
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.max_cells_per_worker < 1:
+        raise ConfigError(f"--max_cells_per_worker must be at least 1, got {args.max_cells_per_worker}")
     if args.threads_per_cell is not None and args.threads_per_cell < 1:
         raise ConfigError(f"--threads_per_cell must be at least 1, got {args.threads_per_cell}")
     if args.ray_address and args.backend != "ray":
@@ -175,7 +196,10 @@ def make_executor(args):
         return RayExecutor(args.ray_address, args.devices_per_cell, threads, num_cpus=num_cpus)
     if args.jobs == 1:
         return None
-    return LocalExecutor(args.jobs, args.devices_per_cell, args.threads_per_cell or default_threads(args.jobs))
+    threads = args.threads_per_cell or default_threads(args.jobs)
+    if args.worker_mode == "process":
+        return LocalExecutor(args.jobs, args.devices_per_cell, threads)
+    return WarmExecutor(args.jobs, args.devices_per_cell, threads, max_cells_per_worker=args.max_cells_per_worker)
 
 
 def main(argv: list[str]) -> int:

@@ -11,6 +11,8 @@ which the sweep retries.
 - `LocalExecutor`: a `concurrent.futures.ThreadPoolExecutor` of `jobs` threads, each waiting on one child
   process; with accelerators every child gets its own `devices_per_cell` devices (CUDA_VISIBLE_DEVICES), and
   every child `threads_per_cell` CPU threads (OMP_NUM_THREADS / MKL_NUM_THREADS, which torch reads at start).
+  `--worker_mode process`; the default, warm workers that train cell after cell, is its subclass
+  rmlora.harness.warm_pool.WarmExecutor.
 - `RayExecutor`: every job a Ray task asking for `num_cpus=threads_per_cell`, `num_gpus=devices_per_cell`
   (Ray sets CUDA_VISIBLE_DEVICES for the task itself); a local Ray is started for the run when no address is
   given. Ray is an optional dependency (`pip install 'rmlora[cluster]'`), imported only here.
@@ -70,18 +72,24 @@ def log_tail(run_dir: str, lines: int = LOG_TAIL_LINES) -> list[str]:
         return []
 
 
+def open_run_folder(job: CellJob):
+    """A fresh run folder holding the cell's cell.json; returns its train.log, open for writing (OSError if the
+    folder cannot be written)."""
+    if os.path.exists(job.run_dir):
+        # an interrupted run (or a killed attempt): its checkpoints and half-written files are not worth trusting
+        shutil.rmtree(job.run_dir)
+    os.makedirs(job.run_dir)
+    write_json(os.path.join(job.run_dir, CELL_NAME), job.spec)
+    return open(os.path.join(job.run_dir, TRAIN_LOG_NAME), "w", encoding="utf-8")
+
+
 def run_cell_job(
     job: CellJob, env: dict[str, str] | None = None, command: list[str] | None = None, running: set | None = None
 ) -> CellOutcome:
     """On the worker: a fresh run folder, cell.json, then `rmlora train` with its output in train.log."""
     host = socket.gethostname()
     try:
-        if os.path.exists(job.run_dir):
-            # an interrupted run (or a killed attempt): its checkpoints and half-written files are not worth trusting
-            shutil.rmtree(job.run_dir)
-        os.makedirs(job.run_dir)
-        write_json(os.path.join(job.run_dir, CELL_NAME), job.spec)
-        log = open(os.path.join(job.run_dir, TRAIN_LOG_NAME), "w", encoding="utf-8")
+        log = open_run_folder(job)
     except OSError as e:
         return CellOutcome(None, error=f"{host} cannot write {job.run_dir} ({e.strerror or e})", host=host)
     with log:
@@ -90,7 +98,7 @@ def run_cell_job(
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
         )
         if running is not None:
             running.add(proc)  # so that a stopping sweep can terminate it
@@ -103,10 +111,10 @@ def run_cell_job(
     return CellOutcome(rc, killed=rc < 0, log_tail=log_tail(job.run_dir), host=host)
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec (Linux): SIGTERM when the thread that started it dies, so that a killed worker
-    (a Ray worker, a driver killed with SIGKILL) leaves no training process writing into a folder that the
-    retry is about to reuse."""
+def die_with_parent() -> None:
+    """In the child, before exec, or in a warm worker as it starts (Linux): SIGTERM when the thread that started it
+    dies, so that a killed worker (a Ray worker, a driver killed with SIGKILL) leaves no training process writing
+    into a folder that the retry is about to reuse."""
     import ctypes  # Linux only: prctl(PR_SET_PDEATHSIG); Python has no wrapper for it
 
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)

@@ -21,11 +21,12 @@ instead of once per cell saves seconds per cell (most of a tiny run's time) and 
 progress bar sit under the sweep's. `isolate=True` runs each cell as a `rmlora train` subprocess instead,
 for long sweeps where a crash, an out-of-memory kill or leaked accelerator memory in one cell must not
 take the next cells with it; its output then goes to runs/<cell>/train.log and the bar shows the epochs
-done. With an `executor` (rmlora.harness.executors: `--jobs N` local processes or `--backend ray` tasks) up
-to that many cells run at once, each in its own process writing only its own run folder; this process waits
-on them and appends each cell's results line as it finishes, so results.jsonl has one writer. A cell whose
-process was killed (or whose Ray worker or node died) is retried up to `max_retries` times; a cell that still
-fails, or fails on its own, is reported with the last lines of its train.log while the others go on.
+done. With an `executor` (`--jobs N`: warm worker processes that train cell after cell,
+rmlora.harness.warm_pool, or a process per cell, rmlora.harness.executors; `--backend ray`: Ray tasks) up to
+that many cells run at once, each writing only its own run folder; this process waits on them and appends each
+cell's results line as it finishes, so results.jsonl has one writer. A cell whose process was killed (its warm
+worker, or its Ray worker or node, died) is retried up to `max_retries` times; a cell that still fails, or fails
+on its own, is reported with the last lines of its train.log while the others go on.
 """
 
 from __future__ import annotations
