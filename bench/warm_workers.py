@@ -4,9 +4,13 @@ per cell), with each cell's overhead.
 
 The grid is the test suite's tiny BERT (tests/helpers.py) on the RTE fixture: lora and rm-lora at R = 4 over
 --cells / 2 seeds, one CPU thread per cell (OMP_NUM_THREADS=1), --epochs chosen so that a cell trains about 10 s.
-A cell's training time is its Trainer's own `train_runtime` (results.jsonl; the per-epoch evaluations included);
-its overhead is what a worker spends per cell beside training: wall × jobs / cells − mean train_runtime (the
-start of a process and its imports, loading data and model, the adapter's export). Run from the repository root:
+A cell's training time is its Trainer's own `train_runtime` (results.jsonl; the per-epoch evaluations included).
+Its overhead is what a worker spends per cell beside training, two ways: after start-up, (time from the first
+cell's start to the last cell's end) × jobs / cells − mean train_runtime, where a cell starts when its run folder
+gets cell.json and ends when it gets metrics.json (for a process per cell this includes every process's imports;
+for warm workers, loading data and model, the adapter's export, the worker's bookkeeping); and in all, wall ×
+jobs / cells − mean train_runtime, which also spreads the start-up over the cells (the driver's imports, and the
+warm workers' own, before the first cell starts). Run from the repository root:
 
     python bench/warm_workers.py [--cells 8] [--epochs 120]
 """
@@ -48,6 +52,13 @@ def train_runtimes(out: str) -> list[float]:
         return [json.loads(line)["metrics"]["train_runtime"] for line in f if line.strip()]
 
 
+def cells_span(out: str) -> tuple[float, float]:
+    """When the first cell started (its cell.json written) and the last one ended (its metrics.json written)."""
+    runs = [os.path.join(out, "runs", name) for name in os.listdir(os.path.join(out, "runs"))]
+    first = min(os.path.getmtime(os.path.join(run, "cell.json")) for run in runs)
+    return first, max(os.path.getmtime(os.path.join(run, "metrics.json")) for run in runs)
+
+
 def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -70,18 +81,24 @@ def main() -> None:
         for i, (name, extra) in enumerate(RUNS.items()):
             out = os.path.join(tmp, f"run{i}")
             argv = grid_argv(model, out, args.cells, args.epochs) + extra
-            start = time.perf_counter()
+            start = time.time()
             subprocess.run([sys.executable, "-m", "rmlora.cli.main", *argv], env=env, check=True, capture_output=True)
-            wall = time.perf_counter() - start
+            wall = time.time() - start
             runtimes = train_runtimes(out)
-            jobs = int(extra[1])
-            train = statistics.mean(runtimes)
-            rows[name] = (wall, len(runtimes) / wall * 3600, train, wall * jobs / len(runtimes) - train)
+            first, last = cells_span(out)
+            jobs, n, train = int(extra[1]), len(runtimes), statistics.mean(runtimes)
+            steady = (last - first) * jobs / n - train
+            rows[name] = (wall, n / wall * 3600, first - start, train, steady, wall * jobs / n - train)
             print(f"  {name:<32} done in {wall:.1f} s (load {load()})", flush=True)
     base = rows["--jobs 1"][1]
-    print(f"\n{'run':<32} {'wall s':>7} {'cells/h':>8} {'x jobs 1':>8} {'train s/cell':>12} {'overhead s/cell':>15}")
-    for name, (wall, per_hour, train, overhead) in rows.items():
-        print(f"{name:<32} {wall:7.1f} {per_hour:8.0f} {per_hour / base:8.2f} {train:12.2f} {overhead:15.2f}")
+    print(f"\n{'':<32} {'':>7} {'':>8} {'':>8} {'start-up':>9} {'train':>7} {'overhead s/cell':>19}")
+    head = f"{'wall s':>7} {'cells/h':>8} {'x jobs 1':>8} {'s':>9} {'s/cell':>7} {'after start-up':>14} {'all':>5}"
+    print(f"{'run':<32} {head}")
+    for name, (wall, per_hour, startup, train, steady, overall) in rows.items():
+        print(
+            f"{name:<32} {wall:7.1f} {per_hour:8.0f} {per_hour / base:8.2f} {startup:9.1f} {train:7.2f} "
+            f"{steady:14.2f} {overall:5.2f}"
+        )
     print(f"load after: {load()}")
 
 
