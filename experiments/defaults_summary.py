@@ -1,7 +1,7 @@
-"""Markdown summary of experiment 7 (`rmlora recipe run results/exp7_defaults_grid`): per task, the learning-rate stage (lora and
-rm-lora with / without step compensation over one lr grid; validation and test accuracy, mean over seeds), the two
-protocols (each method at its own validated lr; every method at LoRA's validated lr, as in the paper) with the
-per-seed paired difference to LoRA, and the penalty stage (reg_form x reg_weight x r_hat for rm-lora).
+"""Markdown summary of experiment 7 (`rmlora recipe run results/exp7_defaults_grid`): per task, the learning-rate
+stage (lora and rm-lora with / without step compensation over one lr grid; validation and test accuracy, mean over
+seeds), the two protocols (each method at its own validated lr; every method at LoRA's validated lr, as in the
+paper) with the per-seed paired difference to LoRA, and the penalty stage (reg_form x reg_weight x r_hat for rm-lora).
 
     python experiments/defaults_summary.py experiments/out/exp7 > experiments/out/exp7/summary.md
 

@@ -169,8 +169,10 @@ def test_table1_dry_run_is_eleven_rows_by_nine_tasks_by_three_seeds_with_table4_
     assert rc == 0
     cells = [json.loads(line) for line in out.splitlines()]
     assert len(cells) == 11 * 9 * 3
-    seen = {(c["task"], c["method"], c["lora_r"] if c["method"] in ("lora", "r-lora", "rm-lora") else c["row"], c["seed"])
-            for c in cells}  # fmt: skip
+    seen = {
+        (c["task"], c["method"], c["lora_r"] if c["method"] in ("lora", "r-lora", "rm-lora") else c["row"], c["seed"])
+        for c in cells
+    }
     assert len(seen) == len(cells)
     for c in cells:
         flags = c["flags"]
@@ -190,9 +192,10 @@ def test_table1_dry_run_is_eleven_rows_by_nine_tasks_by_three_seeds_with_table4_
             assert flags["lora_r"] == 2 * rank
         elif c["method"] != "full":
             assert flags["lora_r"] == rank
-    assert {(c["method"], c["lora_r"] if c["method"] != "sora" else c["lora_r"] // 2) for c in cells if c["method"] != "adalora"} | {
-        ("adalora", c["flags"]["adalora_target_r"]) for c in cells if c["method"] == "adalora"
-    } == {(m, r) if r else ("full", None) for m, r in TABLE1_ROWS}  # fmt: skip
+    ranks = {(c["method"], c["lora_r"] if c["method"] != "sora" else c["lora_r"] // 2) for c in cells}
+    ranks = {(m, r) for m, r in ranks if m != "adalora"}
+    ranks |= {("adalora", c["flags"]["adalora_target_r"]) for c in cells if c["method"] == "adalora"}
+    assert ranks == {(m, r) if r else ("full", None) for m, r in TABLE1_ROWS}
     assert re.search(r"estimate: [\d.]+ device-hours for 297 cells", err)
     assert "per-step time: 0.15 s, the recipe's default" in err
 
@@ -263,7 +266,8 @@ id = "pen"
 method = "rm-lora"
 rank = 4
 inherit = { learning_rate = "base" }
-tune = { penalty = [{ label = "on", reg_weight = 0.01, r_hat = 0.5 }, { label = "off", reg_weight = 0.0, r_hat = 1.0 }] }
+tune = { penalty = [{ label = "on", reg_weight = 0.01, r_hat = 0.5 }, \
+                   { label = "off", reg_weight = 0.0, r_hat = 1.0 }] }
 [[rows]]
 id = "again"
 method = "rm-lora"
@@ -363,14 +367,53 @@ def test_every_results_recipe_cell_parses_with_rmlora_train(name, tmp_path):
 
 # the settings the recorded numbers of docs/RESULTS.md were made with (the former experiments/*.sh)
 PINNED = {
-    "results/exp1_fmnist_head": {"reg_form": "squared", "reg_reduction": "sum", "learning_rate": 5e-3, "num_train_epochs": 60, "image_size": 112},
-    "results/exp1_fmnist_head_e120": {"reg_form": "squared", "reg_reduction": "sum", "reg_weight": 0.001, "r_hat": 0.75, "num_train_epochs": 120},
-    "results/exp2_tweets_minilm": {"reg_form": "squared", "reg_reduction": "sum", "learning_rate": 1e-3, "max_train_samples": 960},
-    "results/exp3a_fmnist_attention": {"reg_weight": 0.001, "r_hat": 0.75, "max_train_samples": 400, "num_train_epochs": 2},
-    "results/exp3b_fmnist_attention": {"reg_weight": 0.001, "r_hat": 0.75, "max_train_samples": 720, "num_train_epochs": 4},
-    "results/exp5_wordnet_minilm": {"learning_rate": 0.1, "reg_form": "frd", "reg_weight": 0.001, "r_hat": 0.75, "step_compensation": "linear"},
-    "results/exp6_tweets_large_r": {"learning_rate": 2e-3, "reg_form": "frd", "reg_weight": 0.001, "r_hat": 0.75, "step_compensation": "none"},
-}  # fmt: skip
+    "results/exp1_fmnist_head": {
+        "reg_form": "squared",
+        "reg_reduction": "sum",
+        "learning_rate": 5e-3,
+        "num_train_epochs": 60,
+        "image_size": 112,
+    },
+    "results/exp1_fmnist_head_e120": {
+        "reg_form": "squared",
+        "reg_reduction": "sum",
+        "reg_weight": 0.001,
+        "r_hat": 0.75,
+        "num_train_epochs": 120,
+    },
+    "results/exp2_tweets_minilm": {
+        "reg_form": "squared",
+        "reg_reduction": "sum",
+        "learning_rate": 1e-3,
+        "max_train_samples": 960,
+    },
+    "results/exp3a_fmnist_attention": {
+        "reg_weight": 0.001,
+        "r_hat": 0.75,
+        "max_train_samples": 400,
+        "num_train_epochs": 2,
+    },
+    "results/exp3b_fmnist_attention": {
+        "reg_weight": 0.001,
+        "r_hat": 0.75,
+        "max_train_samples": 720,
+        "num_train_epochs": 4,
+    },
+    "results/exp5_wordnet_minilm": {
+        "learning_rate": 0.1,
+        "reg_form": "frd",
+        "reg_weight": 0.001,
+        "r_hat": 0.75,
+        "step_compensation": "linear",
+    },
+    "results/exp6_tweets_large_r": {
+        "learning_rate": 2e-3,
+        "reg_form": "frd",
+        "reg_weight": 0.001,
+        "r_hat": 0.75,
+        "step_compensation": "none",
+    },
+}
 
 
 @pytest.mark.parametrize("name", sorted(PINNED))
