@@ -144,7 +144,6 @@ def test_loraplus_gives_b_ratio_times_a_lr_and_strict_masks_still_hold():
     lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
     assert {lr_of[i] for i in a_ids} == {2e-2}
     assert {lr_of[i] for i in b_ids} == {2e-2 * LORAPLUS_RATIO}
-    rows, cols = optimizer.rmlora.directions(0)[pairs[0].name]
     for p in pairs:
         a_rows, b_cols = optimizer.rmlora.directions(0)[p.name]
         A0, B0 = before[p.name]
@@ -153,6 +152,28 @@ def test_loraplus_gives_b_ratio_times_a_lr_and_strict_masks_still_hold():
         assert len(kept_a) == R - 2 and torch.equal(p.A[kept_a], A0[kept_a])
         assert torch.equal(p.B[:, kept_b], B0[:, kept_b])
         assert not torch.equal(p.A[a_rows], A0[a_rows])  # the selected ones did move
+
+
+@pytest.mark.parametrize("optimizer_cls, expected", [(torch.optim.AdamW, 0.01), (torch.optim.SGD, 0.0)])
+def test_loraplus_keeps_the_optimizers_own_weight_decay(optimizer_cls, expected):
+    """Without weight_decay, LoRA+ decays the LoRA matrices as the optimizer would alone (AdamW: 0.01), not by PEFT's
+    factory default of 0."""
+    model, _ = _model("loraplus", "rm-lora")
+    optimizer = create_rmlora_optimizer(model, optimizer_cls, loraplus_lr_ratio=4.0, lr=1e-3)
+    decay_of = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    pairs = delta_weight_pairs(model)
+    assert {decay_of[id(m)] for p in pairs for m in (p.A, p.B)} == {expected}
+    plain = optimizer_cls([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    assert plain.param_groups[0]["weight_decay"] == expected  # the optimizer's own default, independently
+
+
+@pytest.mark.parametrize("variant", ["olora", "pissa"])
+def test_exporting_a_base_rewriting_init_leaves_the_model_in_training_mode(variant, tmp_path):
+    """PEFT's weight conversion loads the initial adapter, which switches the model to eval mode (dropout off)."""
+    model, _ = _model(variant, "lora")
+    model.train()
+    build_training_method(model, RMLoraConfig(method="lora")).export(str(tmp_path / "adapter"))
+    assert model.training and all(m.training for m in model.modules())
 
 
 def test_dora_magnitudes_count_as_trainable_as_peft_counts_them():
@@ -299,3 +320,22 @@ def test_help_documents_the_variant_flags(capsys):
         ("--loraplus_lr_ratio", "create_loraplus_optimizer"),
     ):
         assert flag in text and words in text, flag
+
+
+def test_dora_on_an_embedding_is_refused_before_training(monkeypatch):
+    """DoRA's ΔW is measured on Linear / Conv1D layers: an Embedding target is a one-line error up front, not a
+    failure in the diagnostics after training."""
+    import rmlora.methods.lora as lora_module
+
+    lora = LoraArguments(lora_r=R, target_modules="word_embeddings,query", use_dora=True)
+    config = RMLoraConfig(method="rm-lora", r_hat=2)
+    with pytest.raises(
+        ConfigError,
+        match=r"--use_dora on bert\.embeddings\.word_embeddings, a Embedding: .* Linear and Conv1D layers only",
+    ):
+        prepare_model(tiny_bert(), config, lora, task_type="SEQ_CLS")
+    # without the check PEFT builds the model, and the diagnostics that end every run fail on it
+    monkeypatch.setattr(lora_module, "_refuse_dora_beyond_linear", lambda model: None)
+    model = prepare_model(tiny_bert(), config, lora, task_type="SEQ_CLS")
+    with pytest.raises((NotImplementedError, KeyError)):
+        diagnose_model(model)

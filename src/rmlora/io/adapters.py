@@ -71,6 +71,7 @@ def save_converted_adapter(model, output_dir: str, initial_state: dict[str, torc
     A' = [A; A₀], B' = [B, −B₀] of rank 2R (alpha doubled, the scaling unchanged), whose ΔW = s·(BA − B₀A₀).
     `initial_state` is the adapter's state dict as it was at initialisation (PEFT's keys).
     """
+    was_training = model.training  # PEFT's conversion loads the initial adapter, which puts the model in eval mode
     with tempfile.TemporaryDirectory() as tmp:
         initial_dir = os.path.join(tmp, "initial")
         os.makedirs(initial_dir)
@@ -83,6 +84,7 @@ def save_converted_adapter(model, output_dir: str, initial_state: dict[str, torc
             model.save_pretrained(
                 output_dir, safe_serialization=True, path_initial_model_for_weight_conversion=initial_dir
             )
+    model.train(was_training)
     # PEFT's conversion (LoraModel.subtract_mutated_init) writes lora_A / lora_B only: the heads (modules_to_save)
     # and DoRA's magnitudes, which the conversion does not change, are put back from the trained state
     weights_path = os.path.join(output_dir, ADAPTER_WEIGHTS_NAME)

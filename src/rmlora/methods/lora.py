@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass, field
 
 from peft import LoraConfig, get_peft_model
+from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import _maybe_include_all_linear_layers, check_target_module_exists
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, get_peft_model_state_dict
 from torch import nn
@@ -27,7 +28,7 @@ from rmlora.config import LORA_METHODS, MASKED, PENALIZED, RMLoraConfig
 from rmlora.core.pairs import initial_factors, keep_initial_factors
 from rmlora.core.rm_lora import RMLora
 from rmlora.errors import ConfigError
-from rmlora.io.adapters import save_adapter, save_converted_adapter
+from rmlora.io.adapters import relative_module_name, save_adapter, save_converted_adapter
 from rmlora.methods.base import TrainingMethod
 
 # init_lora_weights values that need no data and no extra config; "pissa_niter_K" (K ≥ 0) too
@@ -229,7 +230,23 @@ def checked_peft_model(base_model: nn.Module, peft_config) -> nn.Module:
                 f"target_modules {shown!r} match no layer of this model: choose among {choices} "
                 "(comma-separated), or 'all-linear'"
             )
-    return get_peft_model(base_model, peft_config)
+    model = get_peft_model(base_model, peft_config)
+    if getattr(peft_config, "use_dora", False):
+        _refuse_dora_beyond_linear(model)
+    return model
+
+
+def _refuse_dora_beyond_linear(model: nn.Module) -> None:
+    # ΔW of DoRA (core.pairs.LoraPair.delta_weight) follows PEFT's merge for Linear / Conv1D only; on an Embedding or
+    # a convolution the run would train and then fail in its final diagnostics, so it is refused before training
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer):
+            base = module.get_base_layer()
+            if not isinstance(base, nn.Linear) and type(base).__name__ != "Conv1D":
+                raise ConfigError(
+                    f"--use_dora on {relative_module_name(name)}, a {type(base).__name__}: rmlora measures "
+                    "DoRA's ΔW on Linear and Conv1D layers only; target those (--target_modules) or drop --use_dora"
+                )
 
 
 def fan_in_fan_out(base_model: nn.Module, peft_config) -> bool | None:

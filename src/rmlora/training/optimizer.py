@@ -33,6 +33,8 @@ work on it; attributes it lacks (step hooks, optimizer-specific methods) resolve
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from peft.optimizers import create_loraplus_optimizer
 from torch import nn
@@ -181,7 +183,10 @@ def create_rmlora_optimizer(
             raise ConfigError("loraplus_lr_ratio needs lr (A's learning rate; B's is ratio × lr)")
         if not any(p.requires_grad for p in model.parameters()):
             raise ConfigError("the model has no trainable parameters: wrap it with peft.get_peft_model first")
-        decay = optimizer_kwargs.pop("weight_decay", 0.0)
+        # PEFT's factory defaults loraplus_weight_decay to 0: keep the optimizer's own default, as without LoRA+
+        default = inspect.signature(optimizer_cls).parameters.get("weight_decay")
+        own = default.default if default is not None and default.default is not inspect.Parameter.empty else 0.0
+        decay = optimizer_kwargs.pop("weight_decay", own)
         inner = create_loraplus_optimizer(
             model, optimizer_cls, loraplus_lr_ratio=loraplus_lr_ratio, loraplus_weight_decay=decay, **optimizer_kwargs
         )
