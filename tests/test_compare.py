@@ -417,7 +417,7 @@ def test_cli_a_value_train_rejects_shows_the_short_usage_then_the_cell(tmp_path,
 
 def test_cli_compare_then_report_rebuilds_from_results(tmp_path, monkeypatch, capsys):
     fake = FakeTrain()
-    monkeypatch.setattr(sweep_mod, "_train_in_process", fake)
+    monkeypatch.setattr(sweep_mod, "train_and_summarize", fake)
     out = str(tmp_path)
     rc = rmlora_main(
         [
@@ -515,7 +515,7 @@ def test_tiny_end_to_end_grid(tmp_path, monkeypatch, saved_figures):
     def no_training(argv):
         raise AssertionError("a finished cell was trained again")
 
-    monkeypatch.setattr(sweep_mod, "_train_in_process", no_training)
+    monkeypatch.setattr(sweep_mod, "train_and_summarize", no_training)
     assert rmlora_main(argv) == 0
     assert len(read_results(os.path.join(out, "results.jsonl")).records) == 4
     assert elapsed < 120  # 4 tiny runs: about 2 s each on one CPU thread; a guard against a runaway sweep

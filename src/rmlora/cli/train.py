@@ -18,11 +18,10 @@ so metrics.json exists only for a run that finished (rmlora.harness.run).
 
 from __future__ import annotations
 
-import json
 import sys
 
-from rmlora.harness.arguments import build_parser, parse_args
-from rmlora.harness.run import end_distributed, run_summary, run_training
+from rmlora.harness.arguments import build_parser
+from rmlora.harness.run import train_and_summarize
 
 HELP = "fine-tune a model on a GLUE / SQuAD / image / text task with RM-LoRA or a baseline (run_glue.py-style flags)"
 
@@ -31,15 +30,7 @@ def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         build_parser().print_help()
         return 0
-    args = parse_args(argv)
-    try:
-        record = run_training(*args)
-    finally:
-        end_distributed()
-    if args[-1].process_index != 0:  # torchrun / accelerate launch: the record is printed by rank 0 only
-        return 0
-    print(json.dumps(run_summary(record, args[-1].output_dir), indent=1, default=str))
-    return 0
+    return train_and_summarize(argv)
 
 
 if __name__ == "__main__":

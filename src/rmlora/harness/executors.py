@@ -72,14 +72,19 @@ def log_tail(run_dir: str, lines: int = LOG_TAIL_LINES) -> list[str]:
         return []
 
 
+def fresh_run_folder(run_dir: str, spec: dict) -> None:
+    """An empty `run_dir` holding the cell's cell.json (OSError if the folder cannot be written)."""
+    if os.path.exists(run_dir):
+        # an interrupted run (or a killed attempt): its checkpoints and half-written files are not worth trusting
+        shutil.rmtree(run_dir)
+    os.makedirs(run_dir)
+    write_json(os.path.join(run_dir, CELL_NAME), spec)
+
+
 def open_run_folder(job: CellJob):
     """A fresh run folder holding the cell's cell.json; returns its train.log, open for writing (OSError if the
     folder cannot be written)."""
-    if os.path.exists(job.run_dir):
-        # an interrupted run (or a killed attempt): its checkpoints and half-written files are not worth trusting
-        shutil.rmtree(job.run_dir)
-    os.makedirs(job.run_dir)
-    write_json(os.path.join(job.run_dir, CELL_NAME), job.spec)
+    fresh_run_folder(job.run_dir, job.spec)
     return open(os.path.join(job.run_dir, TRAIN_LOG_NAME), "w", encoding="utf-8")
 
 

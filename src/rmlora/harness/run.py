@@ -7,13 +7,15 @@ Three stages, one function each: `build_run` (task, data, model with its adapter
 callback), `train_run` (the Trainer's loop, then the final metrics) and `write_run` (adapter or model,
 tokenizer / image processor, diagnostics.json and, last and atomically, metrics.json). The folder receives
 history.jsonl while training (rmlora.training.history); metrics.json exists only for a run that finished.
-`rmlora train`, `rmlora compare` (in-process cells) and `rmlora demo` all go through here.
+`rmlora train`, `rmlora compare` (in-process cells and warm workers: `train_and_summarize`) and `rmlora demo` all
+go through here.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from transformers import set_seed
 from rmlora.analysis.diagnostics import Diagnostics, diagnose_adapter, diagnose_model
 from rmlora.config import LORA_METHODS, RMLoraConfig
 from rmlora.errors import ConfigError
-from rmlora.harness.arguments import num_training_steps, rmlora_config, versions
+from rmlora.harness.arguments import num_training_steps, parse_args, rmlora_config, versions
 from rmlora.harness.labels import variant_name
 from rmlora.io import atomic
 from rmlora.io.run_files import DIAGNOSTICS_NAME, HISTORY_NAME, METRICS_NAME
@@ -62,6 +64,19 @@ def run_training(model_args, data_args, method_args, lora_args, adalora_args, so
     run = build_run(model_args, data_args, config, lora_args, adalora_args, sora_args, training_args)
     final = train_run(run)
     return write_run(run, final, start)
+
+
+def train_and_summarize(argv: list[str]) -> int:
+    """`rmlora train ARGV` in this process, printing what the command prints (`run_summary`, by rank 0 only under
+    torchrun): the command itself, a `--jobs 1` sweep's cells and a warm worker's cells all run this."""
+    args = parse_args(argv)
+    try:
+        record = run_training(*args)
+    finally:
+        end_distributed()
+    if args[-1].process_index == 0:
+        print(json.dumps(run_summary(record, args[-1].output_dir), indent=1, default=str))
+    return 0
 
 
 def freeze_long_lived_objects() -> None:

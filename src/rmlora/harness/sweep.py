@@ -32,9 +32,7 @@ on its own, is reported with the last lines of its train.log while the others go
 from __future__ import annotations
 
 import gc
-import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -47,7 +45,14 @@ from tqdm.auto import tqdm
 
 from rmlora.errors import ConfigError, DataError, RMLoraError
 from rmlora.harness.arguments import parse_args
-from rmlora.harness.executors import CellJob, CellOutcome, sigterm_unwinds, stop_process, train_command
+from rmlora.harness.executors import (
+    CellJob,
+    CellOutcome,
+    fresh_run_folder,
+    sigterm_unwinds,
+    stop_process,
+    train_command,
+)
 from rmlora.harness.grid import (
     INIT_RANK_FACTOR,
     Cell,
@@ -57,8 +62,7 @@ from rmlora.harness.grid import (
     flag_differences,
     flag_map,
 )
-from rmlora.harness.run import run_summary, run_training
-from rmlora.io.atomic import write_json
+from rmlora.harness.run import train_and_summarize
 from rmlora.io.run_files import (
     CELL_NAME,
     HISTORY_NAME,
@@ -83,14 +87,6 @@ class SweepResult:
 
 
 TrainFn = Callable[[list[str]], int]
-
-
-def _train_in_process(argv: list[str]) -> int:
-    """One cell in this process, printing what `rmlora train` prints."""
-    args = parse_args(argv)
-    record = run_training(*args)
-    print(json.dumps(run_summary(record, args[-1].output_dir), indent=1, default=str))
-    return 0
 
 
 class Sweep:
@@ -122,7 +118,7 @@ class Sweep:
         self.cells = list(cells)
         self.common_args = list(common_args)
         self.overrides = overrides or {}
-        self.train = train or _train_in_process
+        self.train = train or train_and_summarize
         self.isolate = isolate
         self.keep_going = keep_going
         self.progress = progress
@@ -258,11 +254,7 @@ class Sweep:
 
     def _run_cell(self, cell: Cell, bar) -> None:
         run_dir = self.run_dir(cell)
-        if os.path.exists(run_dir):
-            # an interrupted run: its checkpoints and half-written files are not worth trusting
-            shutil.rmtree(run_dir)
-        os.makedirs(run_dir)
-        write_json(os.path.join(run_dir, CELL_NAME), self.spec(cell))
+        fresh_run_folder(run_dir, self.spec(cell))
         argv = self.args(cell) + ["--output_dir", run_dir]
         rc = self._subprocess(cell, argv, bar) if self.isolate else self._in_process(argv)
         if rc != 0:
