@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import warnings
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 import pytest
@@ -26,10 +27,11 @@ import transformers
 
 from helpers import save_text_model, subprocess_env, tiny_rte_flags
 from rmlora.cli.main import main as rmlora_main
+from rmlora.harness import warm_pool
 from rmlora.harness.executors import CellJob, run_cell_job, thread_env
 from rmlora.harness.grid import build_grid
 from rmlora.harness.sweep import Sweep
-from rmlora.harness.warm_pool import WarmExecutor
+from rmlora.harness.warm_pool import START_FAILED, WarmExecutor, WarmSlot
 from rmlora.io.run_files import read_results
 
 
@@ -80,20 +82,25 @@ def report_state(argv: list[str]) -> int:
     return 0
 
 
-def test_a_warm_worker_starts_every_cell_from_a_fresh_process_state(tmp_path):
-    """Cells 1 and 2 share a worker (cell 1 changes its state); cell 3 is the first of a fresh worker
-    (--max_cells_per_worker 2): cells 2 and 3 see the same state, and the same warnings are shown in their logs."""
+def test_a_warm_worker_starts_every_cell_from_a_fresh_process_state(tmp_path, monkeypatch):
+    """Cells 1 and 2 share a worker (cell 1 changes its state, its working directory included); cell 3 is the first
+    of a fresh worker (--max_cells_per_worker 2): cells 2 and 3 see the same state, and the same warnings are shown in
+    their logs. The run folders are relative: each is where the sweep's working directory says, and so is the log
+    tail read after cell 1."""
+    monkeypatch.chdir(tmp_path)  # the workers start in it
     executor = WarmExecutor(1, threads_per_cell=1, devices=[], max_cells_per_worker=2, train=report_state)
     try:
         states, logs = [], []
         for i, dirty in enumerate(["1", "0", "0"]):
-            run_dir = str(tmp_path / f"c{i}")
+            run_dir = f"c{i}"
             job = CellJob(f"c{i}", run_dir, {"cell": f"c{i}"}, ["--dirty", dirty, "--output_dir", run_dir])
-            assert executor.submit(job).result().rc == 0
-            with open(os.path.join(run_dir, "state.json")) as f:
+            outcome = executor.submit(job).result()
+            assert outcome.rc == 0
+            with open(tmp_path / run_dir / "state.json") as f:
                 states.append(json.load(f))
-            with open(os.path.join(run_dir, "train.log")) as f:
+            with open(tmp_path / run_dir / "train.log") as f:
                 logs.append(f.read())
+            assert outcome.log_tail == [line for line in logs[-1].splitlines() if line.strip()][-5:]
     finally:
         executor.shutdown()
     pids = [s.pop("pid") for s in states]
@@ -104,7 +111,7 @@ def test_a_warm_worker_starts_every_cell_from_a_fresh_process_state(tmp_path):
     assert draws[0] == draws[1] != draws[2]
     assert states[0] == states[1] == states[2]  # what cell 1 left behind is gone
     assert states[1]["marker_env"] is None and states[1]["omp"] == "1" and states[1]["threads"] == 1
-    assert states[1]["cwd"] == os.getcwd()
+    assert states[1]["cwd"] == str(tmp_path)
     for i, log in enumerate(logs):
         assert log.startswith(f"[rmlora] warm worker {pids[i]}: cell {[1, 2, 1][i]} of at most 2")
         assert "a warning shown once per location" in log
@@ -280,3 +287,126 @@ def test_bad_worker_flags_are_one_line_and_status_2(tmp_path, capsys, extra, mat
     assert rmlora_main(argv + extra) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and match in err[0]
+
+
+# -- the worker's life in the driver, with stand-ins for processes (no worker is started) -------------------------
+
+
+class FakeProcess:
+    """A multiprocessing.Process that records what the driver does to it; `stubborn`: SIGTERM does not end it."""
+
+    def __init__(self, name="w", exitcode=None, stubborn=False, events=None):
+        self.name, self.exitcode, self.stubborn = name, exitcode, stubborn
+        self.events = [] if events is None else events
+        self.closed = False
+
+    def terminate(self):
+        self.events.append(("terminate", self.name))
+        if not self.stubborn:
+            self.exitcode = -signal.SIGTERM
+
+    def kill(self):
+        self.events.append(("kill", self.name))
+        self.exitcode = -signal.SIGKILL
+
+    def join(self, timeout=None):
+        self.events.append(("join", self.name, timeout))
+        if self.exitcode is None and timeout:
+            time.sleep(min(timeout, 1.0))
+
+    def close(self):
+        assert self.exitcode is not None, "closed a running process"
+        self.closed = True
+
+
+class FakeThread:
+    def __init__(self, alive=True):
+        self.alive = alive
+
+    def is_alive(self):
+        return self.alive
+
+
+class FakePool:
+    def __init__(self, manager=None):
+        self._executor_manager_thread = manager
+
+    def shutdown(self, wait=True, cancel_futures=False):
+        pass
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent check is Linux-only")
+def test_a_worker_refuses_to_start_only_when_its_driver_died(monkeypatch):
+    """The driver may be PID 1 (a container's entrypoint): a worker whose parent is PID 1 starts if PID 1 started it."""
+    monkeypatch.setattr(warm_pool, "die_with_parent", lambda: None)
+    monkeypatch.setattr(warm_pool, "freeze_long_lived_objects", lambda: None)
+    monkeypatch.setattr(warm_pool, "_baseline", None)
+    monkeypatch.setattr(os, "getppid", lambda: 1)
+
+    def exit_(status):
+        raise SystemExit(f"os._exit({status})")
+
+    monkeypatch.setattr(os, "_exit", exit_)
+    assert warm_pool.worker_ready(1) == os.getpid()  # the driver is PID 1 and alive
+    assert warm_pool._baseline is not None
+    with pytest.raises(SystemExit, match=r"os._exit\(1\)"):
+        warm_pool.worker_ready(4242)  # the driver was 4242: the worker was handed to PID 1
+    assert not warm_pool.orphaned(1) and warm_pool.orphaned(2)
+
+
+def test_recycling_a_worker_releases_the_workers_that_have_exited():
+    """Each recycled worker's Process holds file descriptors: one whose pool thread is done is closed and dropped at
+    the next recycling, so a sweep of thousands of cells does not run out of them."""
+    slot = WarmSlot({}, 1)
+    workers = []
+    for i in range(3):
+        manager = FakeThread()
+        slot.pool, slot.process = FakePool(manager), FakeProcess(f"w{i}")
+        workers.append((slot.process, manager))
+        slot.close(wait=False)  # recycled after its cell
+        if i == 0:
+            workers[0][0].exitcode = 0  # w0 has exited, but its pool's thread still holds it
+        if i == 1:
+            workers[0][1].alive = False
+            workers[1][0].exitcode, workers[1][1].alive = 0, False
+    assert [w.closed for w, _ in workers] == [True, True, False]
+    assert [entry[0].name for entry in slot.exiting] == ["w2"]  # still exiting: kept, joined by the final close
+    slot.close()
+    assert slot.exiting == []
+
+
+def test_a_worker_that_dies_before_it_is_ready_says_why(tmp_path, monkeypatch):
+    """A worker that cannot start (a script without the main guard, an import error) is one line of its own, without
+    the stale log of an earlier attempt; one that dies in a cell is the cell's failure, with the cell's log."""
+    run_dir = tmp_path / "c"
+    run_dir.mkdir()
+    (run_dir / "train.log").write_text("an earlier attempt's log\n")
+    job = CellJob("c", str(run_dir), {"cell": "c"}, ["--output_dir", str(run_dir)])
+    slot = WarmSlot({}, 8)
+
+    def dies_starting():
+        slot.pool, slot.process = FakePool(), FakeProcess(exitcode=1)
+        raise BrokenProcessPool("A process in the process pool was terminated abruptly")
+
+    monkeypatch.setattr(slot, "_start", dies_starting)
+    outcome = slot.run(job, report_state)
+    assert (outcome.rc, outcome.killed, outcome.error, outcome.log_tail) == (1, False, START_FAILED, [])
+
+    slot.pool, slot.process, slot.pid = FakePool(), FakeProcess(exitcode=1), 1234  # a ready worker
+    outcome = slot._worker_died(job, starting=False)
+    assert (outcome.error, outcome.log_tail) == ("warm worker exited with 1", ["an earlier attempt's log"])
+
+
+def test_shutdown_terminates_every_busy_worker_then_waits_for_all_at_once(monkeypatch):
+    """Two busy workers that ignore SIGTERM: both are terminated before either is waited for, the waits share one
+    STOP_TIMEOUT_S, then both are killed."""
+    monkeypatch.setattr(warm_pool, "STOP_TIMEOUT_S", 0.5)
+    events = []
+    executor = WarmExecutor(2, threads_per_cell=1, devices=[])
+    for i, slot in enumerate(executor.all_slots):
+        slot.pool, slot.process, slot.busy = FakePool(), FakeProcess(f"w{i}", stubborn=True, events=events), True
+    executor.shutdown()
+    assert events[:2] == [("terminate", "w0"), ("terminate", "w1")]
+    waits = [e[2] for e in events if e[0] == "join" and e[2] is not None]
+    assert len(waits) == 2 and sum(waits) <= 0.5 + 0.1  # one deadline for both, not 0.5 s each
+    assert ("kill", "w0") in events and ("kill", "w1") in events

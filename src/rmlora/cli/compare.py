@@ -76,7 +76,13 @@ def add_executor_arguments(parser) -> None:
     """Where cells run (--jobs, --devices_per_cell, --threads_per_cell, --backend, --worker_mode,
     --max_cells_per_worker, --ray_address): `rmlora compare`'s and `rmlora recipe run`'s flags, read by
     make_executor."""
-    parser.add_argument("--jobs", type=int, default=1, help="cells at once, each in a worker process (default 1)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="cells at once (default 1: one after another in this process; N > 1: in N worker processes, see "
+        "--worker_mode); with --backend ray every cell is a Ray task and --jobs sizes a local Ray",
+    )
     parser.add_argument(
         "--devices_per_cell",
         type=int,

@@ -29,16 +29,16 @@ per worker:
 - a cell's folder and log are as with per-cell processes: the worker deletes a leftover folder, writes cell.json,
   and points its file descriptors 1 and 2 at runs/<cell>/train.log while the cell trains (one first line names the
   worker and how many cells it has run).
-- the driver's shutdown (Ctrl-C, SIGTERM, the end of the sweep) terminates the busy workers (SIGTERM, SIGKILL after
-  30 s) and closes the idle ones; workers ignore SIGINT (Ctrl-C reaches the whole process group: the driver decides)
-  and, on Linux, get SIGTERM when the driver thread that started them dies (a driver killed with SIGKILL).
+- the driver's shutdown (Ctrl-C, SIGTERM, the end of the sweep) terminates the busy workers (SIGTERM to all, then
+  SIGKILL to those still running 30 s later) and closes the idle ones; workers ignore SIGINT (Ctrl-C reaches the
+  whole process group: the driver decides) and, on Linux, get SIGTERM when the driver thread that started them dies
+  (a driver killed with SIGKILL).
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
 import multiprocessing
 import os
@@ -48,6 +48,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
@@ -62,7 +63,6 @@ import torch
 import transformers
 
 from rmlora.errors import ConfigError, RMLoraError
-from rmlora.harness.arguments import parse_args
 from rmlora.harness.executors import (
     CellJob,
     CellOutcome,
@@ -72,23 +72,17 @@ from rmlora.harness.executors import (
     open_run_folder,
     thread_env,
 )
-from rmlora.harness.run import end_distributed, freeze_long_lived_objects, run_summary, run_training
+from rmlora.harness.run import freeze_long_lived_objects, train_and_summarize
 
 MAX_CELLS_PER_WORKER = 8
 STOP_TIMEOUT_S = 30.0  # a busy worker gets SIGTERM, then SIGKILL after this long
 
+START_FAILED = (
+    "the warm worker could not start (see its error above; a Python script that runs a Sweep needs "
+    "`if __name__ == '__main__':`); or use --worker_mode process"
+)
+
 TrainFn = Callable[[list[str]], int]
-
-
-def train_cell(argv: list[str]) -> int:
-    """`rmlora train ARGV` in this process: what a warm worker runs for each cell (prints what the command prints)."""
-    args = parse_args(argv)
-    try:
-        record = run_training(*args)
-    finally:
-        end_distributed()
-    print(json.dumps(run_summary(record, args[-1].output_dir), indent=1, default=str))
-    return 0
 
 
 # -- in the worker ---------------------------------------------------------------------------------------------
@@ -170,13 +164,19 @@ class WorkerState:
 _baseline: WorkerState | None = None  # taken by worker_ready, before the worker's first cell
 
 
-def worker_ready() -> int:
+def orphaned(driver_pid: int) -> bool:
+    """Whether this worker's driver (its parent) has died: the worker was handed to another parent. Not "the
+    parent is PID 1": in a container whose entrypoint is `rmlora compare` the live driver is PID 1."""
+    return os.getppid() != driver_pid
+
+
+def worker_ready(driver_pid: int) -> int:
     """The first call in a new worker: ties it to the driver thread that started it, takes the state every cell
     starts from, and leaves the imported modules out of later garbage collections; returns the worker's pid."""
     global _baseline
     if sys.platform.startswith("linux"):
         die_with_parent()
-        if os.getppid() == 1:  # the driver died before the line above took effect
+        if orphaned(driver_pid):  # the driver died before the line above took effect
             os._exit(1)
     freeze_long_lived_objects()
     _baseline = WorkerState.capture()
@@ -223,14 +223,19 @@ def exit_status(train: TrainFn, argv: list[str]) -> int:
 def run_warm_cell(job: CellJob, train: TrainFn, nth: int, max_cells: int) -> CellOutcome:
     """In a warm worker: a fresh run folder, cell.json, then `train(argv)` with the output in train.log."""
     host = socket.gethostname()
+    # before the run folder is made and after the cell, before its log is read: a relative run folder is relative
+    # to the worker's first working directory, whatever directory a cell moved to
+    _baseline.restore()
     try:
         log = open_run_folder(job)
     except OSError as e:
         return CellOutcome(None, error=f"{host} cannot write {job.run_dir} ({e.strerror or e})", host=host)
-    _baseline.restore()
-    with log, output_to(log), warnings.catch_warnings():  # catch_warnings: fresh filters, once-warnings shown again
-        print(f"[rmlora] warm worker {os.getpid()}: cell {nth} of at most {max_cells} in this process", flush=True)
-        rc = exit_status(train, job.argv)
+    try:
+        with log, output_to(log), warnings.catch_warnings():  # catch_warnings: fresh filters, once-warnings again
+            print(f"[rmlora] warm worker {os.getpid()}: cell {nth} of at most {max_cells} in this process", flush=True)
+            rc = exit_status(train, job.argv)
+    finally:
+        _baseline.restore()
     # the next cell builds a fresh model: free this one's tensors (and accelerator cache) first
     gc.collect()
     if torch.cuda.is_available():
@@ -281,9 +286,11 @@ class WarmSlot:
 
     def run(self, job: CellJob, train: TrainFn) -> CellOutcome:
         """Called by one driver thread at a time (the executor hands a slot to one thread)."""
+        starting = self.pool is None
         try:
-            if self.pool is None:
+            if starting:
                 self._start()
+                starting = False
             with self._lock:
                 if self.stopped:
                     raise _Stopping
@@ -293,7 +300,7 @@ class WarmSlot:
         except _Stopping:
             return CellOutcome(None, error="the sweep is stopping")
         except BrokenProcessPool:
-            return self._worker_died(job)
+            return self._worker_died(job, starting)
         except Exception as e:  # noqa: BLE001 - e.g. the worker could not import the training stack
             self.close()
             reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
@@ -319,7 +326,7 @@ class WarmSlot:
                 initargs=(signal.SIGINT, signal.SIG_IGN),
             )
             with spawn_environment(self.env):
-                ready = self.pool.submit(worker_ready)  # the spawn happens in submit
+                ready = self.pool.submit(worker_ready, os.getpid())  # the spawn happens in submit
             # the pool's one process (a private attribute: without it, no exit status and no SIGKILL, see stop)
             self.process = next(iter((getattr(self.pool, "_processes", None) or {}).values()), None)
             self.busy = True
@@ -328,51 +335,72 @@ class WarmSlot:
         finally:
             self.busy = False
 
-    def _worker_died(self, job: CellJob) -> CellOutcome:
+    def _worker_died(self, job: CellJob, starting: bool) -> CellOutcome:
         process = self.process
         self.close()  # joins the pool's manager thread, which has reaped the worker
         status = process.exitcode if process is not None else None
+        if status is not None and status > 0 and starting:  # e.g. importing the driver's __main__ failed
+            return CellOutcome(status, error=START_FAILED)  # the cell's folder is not made yet: no log of its own
         if status is not None and status > 0:  # it exited on its own (os._exit in the run): a failure, no retry
             return CellOutcome(status, log_tail=log_tail(job.run_dir), error=f"warm worker exited with {status}")
         reason = None if status is not None else "its warm worker died"
         return CellOutcome(status, killed=True, log_tail=log_tail(job.run_dir), error=reason)
 
-    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+    def stop(self):
         """From the driver's shutdown: no new worker or cell here. An idle worker is asked to exit (`close` waits for
-        it); a busy one gets SIGTERM, SIGKILL after `timeout` s, and its cell's thread then sees a broken pool."""
+        it); a busy one gets SIGTERM and is returned, for the caller to wait on (`wait_or_kill`); its cell's thread
+        then sees a broken pool."""
         with self._lock:
             self.stopped = True
             if self.pool is None:
-                return
+                return None
             if not self.busy:
                 self.pool.shutdown(wait=False, cancel_futures=True)
-                return
-            process, pid = self.process, self.pid
-            if process is None:
-                if pid is not None:
+                return None
+            if self.process is None:
+                if self.pid is not None:
                     with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGTERM)
-                return
-            process.terminate()
-        process.join(timeout)
-        if process.exitcode is None:
-            process.kill()
-            process.join()
+                        os.kill(self.pid, signal.SIGTERM)
+                return None
+            self.process.terminate()
+            return self.process
 
     def close(self, wait: bool = True) -> None:
         """Let the worker exit (an idle one exits at once) and forget it; the next cell starts a new one. With
-        `wait`, also wait for the workers that earlier calls let go without waiting."""
+        `wait`, also wait for the workers that earlier calls let go without waiting; without, release those that
+        have exited since (each holds file descriptors: a long sweep recycles thousands of workers)."""
         pool, process = self.pool, self.process
         self.pool, self.process, self.pid, self.cells = None, None, None, 0
         if pool is not None:
+            # the pool's thread that joins its worker: a Process may be closed only once that thread is done with it
+            manager = getattr(pool, "_executor_manager_thread", None)
             pool.shutdown(wait=wait, cancel_futures=True)
-        if process is not None:
-            self.exiting.append(process)
+            if process is not None:
+                self.exiting.append((process, manager))
         if wait:
-            # a pool shut down once without waiting (stop, recycling) forgets its worker: join it here
-            for process in self.exiting:
+            # a pool shut down once without waiting (stop, recycling) forgets its worker: join it here (not closed:
+            # _worker_died, on another thread, may still read its exit status)
+            for process, _ in self.exiting:
                 process.join()
             self.exiting.clear()
+            return
+        exiting, self.exiting = self.exiting, []
+        for process, manager in exiting:
+            if process.exitcode is None or (manager is not None and manager.is_alive()):
+                self.exiting.append((process, manager))
+            else:
+                process.close()
+
+
+def wait_or_kill(processes: list, timeout: float) -> None:
+    """Wait for terminated processes all at once, at most `timeout` s in all; SIGKILL those still running."""
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        if process.exitcode is None:
+            process.kill()
+            process.join()
 
 
 class WarmExecutor(LocalExecutor):
@@ -385,7 +413,7 @@ class WarmExecutor(LocalExecutor):
         threads_per_cell: int | None = None,
         devices=None,
         max_cells_per_worker: int = MAX_CELLS_PER_WORKER,
-        train: TrainFn = train_cell,
+        train: TrainFn = train_and_summarize,
     ):
         if max_cells_per_worker < 1:
             raise ConfigError(f"--max_cells_per_worker must be at least 1, got {max_cells_per_worker}")
@@ -421,8 +449,8 @@ class WarmExecutor(LocalExecutor):
         """Stop: queued cells never start, busy workers are terminated (their cells retrain on resume), idle
         workers exit."""
         self._stopping.set()  # queued cells return at once
-        for slot in self.all_slots:
-            slot.stop()
+        terminated = [process for process in (slot.stop() for slot in self.all_slots) if process is not None]
+        wait_or_kill(terminated, STOP_TIMEOUT_S)  # together: 30 s in all, not 30 s per worker
         for slot in self.all_slots:
             slot.close()
         # the driver's threads end last: on Linux a worker gets SIGTERM when the thread that started it ends
