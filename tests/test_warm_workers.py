@@ -10,6 +10,7 @@ worker imports torch and transformers once (5–15 s on 2 cores), which is most 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import random
 import signal
@@ -27,6 +28,7 @@ import transformers
 
 from helpers import save_text_model, subprocess_env, tiny_rte_flags
 from rmlora.cli.main import main as rmlora_main
+from rmlora.errors import ConfigError
 from rmlora.harness import warm_pool
 from rmlora.harness.executors import CellJob, run_cell_job, thread_env
 from rmlora.harness.grid import build_grid
@@ -410,3 +412,17 @@ def test_shutdown_terminates_every_busy_worker_then_waits_for_all_at_once(monkey
     waits = [e[2] for e in events if e[0] == "join" and e[2] is not None]
     assert len(waits) == 2 and sum(waits) <= 0.5 + 0.1  # one deadline for both, not 0.5 s each
     assert ("kill", "w0") in events and ("kill", "w1") in events
+
+
+def test_a_script_without_the_main_guard_fails_its_workers_start(tmp_path, monkeypatch):
+    """In a worker importing a script that runs a warm Sweep at top level, the script's own sweep cannot spawn: it
+    raises (so the worker dies while starting and the driver reports START_FAILED) instead of failing one cell and
+    going on into the driver's cells. No process is started: multiprocessing refuses the spawn."""
+    monkeypatch.setattr(multiprocessing.current_process(), "_inheriting", True, raising=False)
+    slot = WarmSlot({}, 8)
+    job = CellJob("c", str(tmp_path / "c"), {"cell": "c"}, ["--output_dir", str(tmp_path / "c")])
+    try:
+        with pytest.raises(ConfigError, match="needs `if __name__ == '__main__':`"):
+            slot.run(job, report_state)
+    finally:
+        slot.close()

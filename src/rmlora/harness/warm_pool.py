@@ -301,6 +301,8 @@ class WarmSlot:
             return CellOutcome(None, error="the sweep is stopping")
         except BrokenProcessPool:
             return self._worker_died(job, starting)
+        except ConfigError:  # no worker can start here (see _start): not one cell's failure
+            raise
         except Exception as e:  # noqa: BLE001 - e.g. the worker could not import the training stack
             self.close()
             reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
@@ -326,7 +328,16 @@ class WarmSlot:
                 initargs=(signal.SIGINT, signal.SIG_IGN),
             )
             with spawn_environment(self.env):
-                ready = self.pool.submit(worker_ready, os.getpid())  # the spawn happens in submit
+                try:
+                    ready = self.pool.submit(worker_ready, os.getpid())  # the spawn happens in submit
+                except RuntimeError as e:
+                    # this process is a spawned worker still importing the driver's script, which runs a Sweep
+                    # outside the main guard (the flag multiprocessing itself checks before refusing the spawn): fail
+                    # the worker's start, which the driver reports (START_FAILED), rather than fail one cell here
+                    # and go on into the driver's cells
+                    if getattr(multiprocessing.current_process(), "_inheriting", False):
+                        raise ConfigError(START_FAILED) from e
+                    raise
             # the pool's one process (a private attribute: without it, no exit status and no SIGKILL, see stop)
             self.process = next(iter((getattr(self.pool, "_processes", None) or {}).values()), None)
             self.busy = True
