@@ -19,19 +19,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RTE = os.path.join(ROOT, "tests", "fixtures", "glue", "rte")
-
-
-def grid_argv(model: str, out: str, epochs: int) -> list[str]:
-    return [
-        "compare", "--output_dir", out, "--methods", "lora,rm-lora", "--ranks", "4", "--seeds", "0,1",
-        "--no_progress", "--no_report", "--threads_per_cell", "1",
-        "--model_name_or_path", model, "--task_name", "rte",
-        "--train_file", os.path.join(RTE, "train.tsv"), "--validation_file", os.path.join(RTE, "validation.tsv"),
-        "--num_train_epochs", str(epochs), "--per_device_train_batch_size", "4", "--learning_rate", "1e-2",
-        "--r_hat", "2", "--report_to", "none", "--disable_tqdm", "true", "--save_strategy", "no",
-    ]  # fmt: skip
+from warm_workers import ROOT, grid_argv  # the same grid (4 cells); bench/ is on sys.path when run as a script
 
 
 def timed(argv: list[str], env: dict) -> float:
@@ -59,7 +47,7 @@ def main() -> None:
             runs["--backend ray --jobs 2"] = ["--backend", "ray", "--jobs", "2"]
         walls = {}
         for i, (name, extra) in enumerate(runs.items()):
-            walls[name] = timed(grid_argv(model, os.path.join(tmp, f"run{i}"), args.epochs) + extra, env)
+            walls[name] = timed(grid_argv(model, os.path.join(tmp, f"run{i}"), 4, args.epochs) + extra, env)
             print(f"{name:<24} {walls[name]:7.1f} s", flush=True)
     base = walls["--jobs 1"]
     print(f"cpu cores: {os.cpu_count()}; 4 cells of {args.epochs} epochs; ratios to --jobs 1:")

@@ -8,9 +8,15 @@ BERT's [CLS] a [SEP] b [SEP] template so that pairs get sequence ids and offsets
 
 from __future__ import annotations
 
+import glob
+import json
 import os
+import signal
+import subprocess
+import time
 
 import torch
+from safetensors.torch import load_file
 
 from fixtures.make_fixtures import WORDS
 
@@ -237,3 +243,56 @@ def subprocess_env(**extra) -> dict:
     """os.environ with tests/ on PYTHONPATH (for `import helpers` in a child Python), plus `extra`."""
     path = os.pathsep.join(p for p in (TESTS, os.environ.get("PYTHONPATH")) if p)
     return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+def results_cells(out: str) -> list[str]:
+    """The cell of every line of a sweep's results.jsonl, in order (each line must be whole JSON)."""
+    with open(os.path.join(out, "results.jsonl")) as f:
+        return [json.loads(line)["cell"] for line in f]
+
+
+def cell_adapters(out: str, cells: list[str]) -> dict:
+    """cell -> its adapter's tensors (every *.safetensors of its run folder under out/runs)."""
+    found = {}
+    for cell in cells:
+        files = sorted(glob.glob(os.path.join(out, "runs", cell, "*.safetensors")))
+        assert files, f"no adapter in runs/{cell}"
+        found[cell] = {os.path.basename(f): load_file(f) for f in files}
+    return found
+
+
+def assert_same_adapters(a: dict, b: dict) -> None:
+    """Two cell_adapters results hold the same cells, files, keys and bitwise-equal tensors."""
+    assert a.keys() == b.keys()
+    for cell in a:
+        assert a[cell].keys() == b[cell].keys()
+        for name in a[cell]:
+            for key, tensor in a[cell][name].items():
+                assert torch.equal(tensor, b[cell][name][key]), f"{cell} {name} {key} differs"
+
+
+def assert_sigterm_stops_the_running_cells(driver: subprocess.Popen, pids, out: str) -> None:
+    """A sweep driver running 2 cells at once (each writes its pid as a file name into `pids`) and a third queued:
+    SIGTERM to the driver ends it with 143, both cells' processes are gone, no results line was written and the
+    queued cell never started. Kills the driver in the end whatever happens."""
+    from rmlora.io.run_files import read_results
+
+    try:
+        deadline = time.time() + 300  # the imports alone can take a minute on a loaded machine
+        while len(os.listdir(pids)) < 2 and time.time() < deadline:
+            assert driver.poll() is None, "the sweep ended before its cells started"
+            time.sleep(0.1)
+        running = [int(p) for p in os.listdir(pids)]
+        assert len(running) == 2  # two cells at once, the third queued
+        driver.send_signal(signal.SIGTERM)
+        assert driver.wait(timeout=60) == 128 + signal.SIGTERM
+        for pid in running:
+            try:  # terminated and reaped before the driver exited
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                continue
+            raise AssertionError(f"cell process {pid} outlived the driver")
+        assert read_results(out).records == []
+        assert len(os.listdir(pids)) == 2  # the queued cell never started
+    finally:
+        driver.kill()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import json
 import os
 import signal
 import socket
@@ -17,11 +16,15 @@ import threading
 import time
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
 import rmlora.harness.executors as executors_mod
-from helpers import tiny_rte_flags
+from helpers import (
+    assert_same_adapters,
+    assert_sigterm_stops_the_running_cells,
+    cell_adapters,
+    results_cells,
+    tiny_rte_flags,
+)
 from rmlora.cli.main import main as rmlora_main
 from rmlora.errors import ConfigError
 from rmlora.harness.executors import CellJob, LocalExecutor, RayExecutor
@@ -48,31 +51,12 @@ def tiny_argv(model, out, *extra):
     ]
 
 
-def adapters(out):
-    """cell -> its adapter's tensors (every *.safetensors of its run folder)."""
-    found = {}
-    for cell in CELLS:
-        files = sorted(glob.glob(os.path.join(out, "runs", cell, "*.safetensors")))
-        assert files, f"no adapter in runs/{cell}"
-        found[cell] = {os.path.basename(f): load_file(f) for f in files}
-    return found
-
-
 def metrics(out):
     drop = ("runtime", "per_second", "wall_time")
     return {
         r["cell"]: {k: v for k, v in r["metrics"].items() if not any(d in k for d in drop)}
         for r in read_results(out).records
     }
-
-
-def assert_same_adapters(a, b):
-    assert a.keys() == b.keys()
-    for cell in a:
-        assert a[cell].keys() == b[cell].keys()
-        for name in a[cell]:
-            for key, tensor in a[cell][name].items():
-                assert torch.equal(tensor, b[cell][name][key]), f"{cell} {name} {key} differs"
 
 
 @pytest.fixture(scope="module")
@@ -93,19 +77,14 @@ def sequential(tmp_path_factory):
         return {"model": model, "out": out, "base": base, "wall": time.time() - start}
 
 
-def lines_of(out):
-    with open(os.path.join(out, "results.jsonl")) as f:
-        return [json.loads(line)["cell"] for line in f]  # every line whole JSON
-
-
 @pytest.mark.slow
 def test_jobs_2_gives_the_adapters_of_jobs_1(sequential, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     out = str(tmp_path / "jobs2")
     assert rmlora_main(tiny_argv(sequential["model"], out, "--jobs", "2", "--threads_per_cell", "1")) == 0
-    assert sorted(lines_of(out)) == CELLS
+    assert sorted(results_cells(out)) == CELLS
     assert metrics(out) == metrics(sequential["out"])
-    assert_same_adapters(adapters(out), adapters(sequential["out"]))
+    assert_same_adapters(cell_adapters(out, CELLS), cell_adapters(sequential["out"], CELLS))
     for cell in CELLS:  # each cell ran as its own process, with its log in its folder
         assert os.path.getsize(os.path.join(out, "runs", cell, "train.log")) > 0
 
@@ -117,9 +96,9 @@ def test_ray_backend_with_a_local_ray_gives_the_same_adapters(sequential, tmp_pa
     out = str(tmp_path / "ray")
     argv = tiny_argv(sequential["model"], out, "--backend", "ray", "--jobs", "2", "--threads_per_cell", "1")
     assert rmlora_main(argv) == 0
-    assert sorted(lines_of(out)) == CELLS
+    assert sorted(results_cells(out)) == CELLS
     assert metrics(out) == metrics(sequential["out"])
-    assert_same_adapters(adapters(out), adapters(sequential["out"]))
+    assert_same_adapters(cell_adapters(out, CELLS), cell_adapters(sequential["out"], CELLS))
 
 
 # a stand-in for `rmlora train` (no torch import): counts its attempts per cell; the first attempt of rm-lora's
@@ -183,14 +162,14 @@ def test_a_killed_cell_is_retried_without_torn_or_duplicated_lines(tmp_path, mon
         argv = ["compare", "--output_dir", out, *FAKE_ARGV, *FAKE_COMMON]
         assert rmlora_main(argv) == 0
         assert attempts(marker) == {"lora_s0": 1, "rm-lora_s0": 2}  # killed once, retried once
-        assert sorted(lines_of(out)) == ["lora_r4_s0", "rm-lora_r4_s0"]
+        assert sorted(results_cells(out)) == ["lora_r4_s0", "rm-lora_r4_s0"]
         assert "1 retries" in capsys.readouterr().err
         with open(os.path.join(out, "runs", "rm-lora_r4_s0", "train.log")) as f:
             assert f.read().split() == "attempt 2 of rm-lora_s0 threads 1".split()  # the retry's own folder
         # a re-run trains nothing
         assert rmlora_main(argv) == 0
         assert attempts(marker) == {"lora_s0": 1, "rm-lora_s0": 2}
-        assert sorted(lines_of(out)) == ["lora_r4_s0", "rm-lora_r4_s0"]
+        assert sorted(results_cells(out)) == ["lora_r4_s0", "rm-lora_r4_s0"]
 
         # killed more often than --max_retries allows: failed, with its log's last lines, the other cell done
         monkeypatch.setenv("FAKE_KILLS", "9")
@@ -201,7 +180,7 @@ def test_a_killed_cell_is_retried_without_torn_or_duplicated_lines(tmp_path, mon
         err = capsys.readouterr().err
         assert "failed rm-lora_r4_s0: rmlora train killed by signal 9" in err
         assert "| attempt 1 of rm-lora_s0 threads 1" in err
-        assert lines_of(out2) == ["lora_r4_s0"]
+        assert results_cells(out2) == ["lora_r4_s0"]
     finally:
         stop.set()
 
@@ -327,19 +306,4 @@ def test_sigterm_of_a_parallel_sweep_stops_its_cells(tmp_path):
     pids = tmp_path / "pids"
     pids.mkdir()
     driver = subprocess.Popen([sys.executable, "-c", SIGTERM_DRIVER, str(tmp_path / "cmp"), str(pids)])
-    try:
-        deadline = time.time() + 300  # the imports alone can take a minute on a loaded machine
-        while len(os.listdir(pids)) < 2 and time.time() < deadline:
-            assert driver.poll() is None, "the sweep ended before its cells started"
-            time.sleep(0.1)
-        children = [int(p) for p in os.listdir(pids)]
-        assert len(children) == 2  # two cells at once, the third queued
-        driver.send_signal(signal.SIGTERM)
-        assert driver.wait(timeout=60) == 128 + signal.SIGTERM
-        for pid in children:
-            with pytest.raises(ProcessLookupError):  # terminated and reaped before the driver exited
-                os.kill(pid, 0)
-        assert read_results(str(tmp_path / "cmp")).records == []
-        assert len(os.listdir(pids)) == 2  # the queued cell never started
-    finally:
-        driver.kill()
+    assert_sigterm_stops_the_running_cells(driver, pids, str(tmp_path / "cmp"))

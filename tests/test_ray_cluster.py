@@ -12,7 +12,6 @@ Not covered here: real networking between machines, shared storage (both nodes s
 from __future__ import annotations
 
 import glob
-import json
 import os
 import secrets
 import shutil
@@ -24,10 +23,8 @@ import tempfile
 import time
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
-from helpers import save_text_model, tiny_rte_flags
+from helpers import assert_same_adapters, cell_adapters, results_cells, save_text_model, tiny_rte_flags
 from rmlora.cli.main import main as rmlora_main
 from rmlora.harness.executors import CellJob, run_in_folder
 from rmlora.io.run_files import read_results
@@ -227,29 +224,6 @@ def finish(proc: subprocess.Popen, deadline: float, log: str) -> str:
     return text
 
 
-def lines_of(out: str) -> list[str]:
-    with open(os.path.join(out, "results.jsonl")) as f:
-        return [json.loads(line)["cell"] for line in f]  # every line whole JSON
-
-
-def adapters(out: str) -> dict:
-    found = {}
-    for cell in CELLS:
-        files = sorted(glob.glob(os.path.join(out, "runs", cell, "*.safetensors")))
-        assert files, f"no adapter in runs/{cell}"
-        found[cell] = {os.path.basename(f): load_file(f) for f in files}
-    return found
-
-
-def assert_same_adapters(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for cell in a:
-        assert a[cell].keys() == b[cell].keys()
-        for name in a[cell]:
-            for key, tensor in a[cell][name].items():
-                assert torch.equal(tensor, b[cell][name][key]), f"{cell} {name} {key} differs"
-
-
 def file_times(out: str, cell: str) -> dict[str, int]:
     run = os.path.join(out, "runs", cell)
     return {os.path.relpath(p, run): os.stat(p).st_mtime_ns for p in glob.glob(f"{run}/**", recursive=True)}
@@ -307,8 +281,8 @@ def test_a_lost_node_and_a_killed_driver(cluster, tmp_path, monkeypatch):
     assert "4 cells: 0 already finished, 0 recovered, 4 trained (1 retries), 0 failed" in text
     lost = "NodeDiedError: Task failed because the node it was running on is dead or unavailable"
     assert f"was killed (rmlora train {lost}); retrying" in text  # Ray's first sentence, not its paragraph
-    assert sorted(lines_of(out)) == CELLS  # each once, each whole
-    assert_same_adapters(adapters(out), adapters(reference))
+    assert sorted(results_cells(out)) == CELLS  # each once, each whole
+    assert_same_adapters(cell_adapters(out, CELLS), cell_adapters(reference, CELLS))
 
     # 2. the driver is killed once a cell has finished, then the same command runs again
     say("lost-node sweep done")
@@ -331,7 +305,7 @@ def test_a_lost_node_and_a_killed_driver(cluster, tmp_path, monkeypatch):
     first.kill()
     say("driver killed")
     first.wait(timeout=30)
-    finished = lines_of(out)
+    finished = results_cells(out)
     assert 1 <= len(finished) < len(CELLS)
     with open(results) as f:
         kept = f.read()
@@ -351,10 +325,10 @@ def test_a_lost_node_and_a_killed_driver(cluster, tmp_path, monkeypatch):
     assert f"4 cells: {len(finished)} already finished, 0 recovered, {4 - len(finished)} trained" in text
     with open(results) as f:
         assert f.read().startswith(kept)  # the earlier lines untouched
-    assert sorted(lines_of(out)) == CELLS
+    assert sorted(results_cells(out)) == CELLS
     for cell in finished:  # not retrained: not one file of its run folder rewritten
         assert file_times(out, cell) == times[cell], cell
-    assert_same_adapters(adapters(out), adapters(reference))
+    assert_same_adapters(cell_adapters(out, CELLS), cell_adapters(reference, CELLS))
     assert read_results(out).by_cell().keys() == set(CELLS)
 
     print(

@@ -26,7 +26,7 @@ import pytest
 import torch
 import transformers
 
-from helpers import save_text_model, subprocess_env, tiny_rte_flags
+from helpers import assert_sigterm_stops_the_running_cells, save_text_model, subprocess_env, tiny_rte_flags
 from rmlora.cli.main import main as rmlora_main
 from rmlora.errors import ConfigError
 from rmlora.harness import warm_pool
@@ -34,7 +34,6 @@ from rmlora.harness.executors import CellJob, run_cell_job, thread_env
 from rmlora.harness.grid import build_grid
 from rmlora.harness.sweep import Sweep
 from rmlora.harness.warm_pool import START_FAILED, WarmExecutor, WarmSlot
-from rmlora.io.run_files import read_results
 
 
 def flags_of(argv: list[str]) -> dict[str, str]:
@@ -258,22 +257,7 @@ def test_sigterm_of_a_warm_sweep_stops_its_workers(tmp_path):
     pids.mkdir()
     env = subprocess_env(RMLORA_TEST_PIDS=str(pids))
     driver = subprocess.Popen([sys.executable, "-c", SIGTERM_DRIVER, str(tmp_path / "cmp")], env=env)
-    try:
-        deadline = time.time() + 300  # the imports alone can take a minute on a loaded machine
-        while len(os.listdir(pids)) < 2 and time.time() < deadline:
-            assert driver.poll() is None, "the sweep ended before its cells started"
-            time.sleep(0.1)
-        workers = [int(p) for p in os.listdir(pids)]
-        assert len(workers) == 2  # two cells at once, the third queued
-        driver.send_signal(signal.SIGTERM)
-        assert driver.wait(timeout=60) == 128 + signal.SIGTERM
-        for pid in workers:
-            with pytest.raises(ProcessLookupError):  # terminated and reaped before the driver exited
-                os.kill(pid, 0)
-        assert read_results(str(tmp_path / "cmp")).records == []
-        assert len(os.listdir(pids)) == 2  # the queued cell never started
-    finally:
-        driver.kill()
+    assert_sigterm_stops_the_running_cells(driver, pids, str(tmp_path / "cmp"))
 
 
 @pytest.mark.parametrize(
