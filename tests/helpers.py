@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import torch
@@ -296,3 +297,23 @@ def assert_sigterm_stops_the_running_cells(driver: subprocess.Popen, pids, out: 
         assert len(os.listdir(pids)) == 2  # the queued cell never started
     finally:
         driver.kill()
+
+
+def start_killer(marker: str, stop: threading.Event) -> list[int]:
+    """SIGKILL every process that writes marker/victim.pid, as an out-of-memory kill would, and mark each kill with
+    marker/killed (a stand-in cell may wait for it); returns the killed pids (a list that grows until `stop`)."""
+    killed = []
+
+    def loop():
+        path = os.path.join(marker, "victim.pid")
+        while not stop.is_set():
+            if os.path.exists(path):
+                pid = int(open(path).read())
+                os.remove(path)
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                open(os.path.join(marker, "killed"), "w").close()
+            time.sleep(0.05)
+
+    threading.Thread(target=loop, daemon=True).start()
+    return killed

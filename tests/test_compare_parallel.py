@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
-import signal
 import socket
 import sys
 import threading
@@ -23,6 +22,7 @@ from helpers import (
     assert_sigterm_stops_the_running_cells,
     cell_adapters,
     results_cells,
+    start_killer,
     tiny_rte_flags,
 )
 from rmlora.cli.main import main as rmlora_main
@@ -121,23 +121,6 @@ metrics = {"method": flags["method"], "lora_r": int(flags["lora_r"]), "seed": in
 with open(os.path.join(flags["output_dir"], "metrics.json"), "w") as f:
     json.dump(metrics, f)
 """
-
-
-def start_killer(marker, stop):
-    """SIGKILL every process that writes marker/victim.pid, as an out-of-memory kill would."""
-
-    def loop():
-        path = os.path.join(marker, "victim.pid")
-        while not stop.is_set():
-            if os.path.exists(path):
-                pid = int(open(path).read())
-                os.remove(path)
-                os.kill(pid, signal.SIGKILL)
-            time.sleep(0.05)
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    return thread
 
 
 FAKE_ARGV = ["--methods", "lora", "rm-lora", "--ranks", "4", "--seeds", "0", "--no_progress", "--no_report"]

@@ -26,7 +26,13 @@ import pytest
 import torch
 import transformers
 
-from helpers import assert_sigterm_stops_the_running_cells, save_text_model, subprocess_env, tiny_rte_flags
+from helpers import (
+    assert_sigterm_stops_the_running_cells,
+    save_text_model,
+    start_killer,
+    subprocess_env,
+    tiny_rte_flags,
+)
 from rmlora.cli.main import main as rmlora_main
 from rmlora.errors import ConfigError
 from rmlora.harness import warm_pool
@@ -173,25 +179,6 @@ def killed_sometimes(argv: list[str]) -> int:
             time.sleep(0.05)
     write_metrics(flags)
     return 0
-
-
-def start_killer(marker: str, stop: threading.Event) -> list[int]:
-    """SIGKILL every worker that writes marker/victim.pid, as an out-of-memory kill would; returns their pids."""
-    killed = []
-
-    def loop():
-        path = os.path.join(marker, "victim.pid")
-        while not stop.is_set():
-            if os.path.exists(path):
-                pid = int(open(path).read())
-                os.remove(path)
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-                open(os.path.join(marker, "killed"), "w").close()
-            time.sleep(0.05)
-
-    threading.Thread(target=loop, daemon=True).start()
-    return killed
 
 
 def test_a_killed_worker_takes_only_its_cell_which_is_retried(tmp_path, monkeypatch):
