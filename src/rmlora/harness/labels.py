@@ -18,8 +18,6 @@ def method_name(method: str) -> str:
     return METHOD_LABELS.get(method, method)
 
 
-# the flags of PEFT's LoRA variants (LoraArguments.variant): a row of their own in a report, not a setting to choose
-VARIANT_FLAGS = ("init_lora_weights", "use_dora", "use_rslora", "loraplus_lr_ratio")
 # PEFT's LoRA variants as their papers name them (LoraArguments.variant): "PiSSA", "DoRA", "LoRA+ ×16"
 INIT_LABELS = {"false": "random init", "gaussian": "Gaussian init", "orthogonal": "orthogonal init"}
 INIT_LABELS.update({"olora": "OLoRA", "pissa": "PiSSA", "mica": "MiCA"})

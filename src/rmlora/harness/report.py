@@ -75,10 +75,10 @@ def method_label(method: str, rank: int | None = None, ranks: dict | None = None
 
 
 def row_label(key: tuple, runs: Sequence[dict]) -> str:
-    method, rank = key[:2]
+    method, rank, variant = key
     label = method_label(method, rank, runs[0].get("ranks"))
-    if len(key) > 2 and key[2]:  # a PEFT variant (PiSSA, DoRA, LoRA+ ...): rmlora.harness.labels.variant_name
-        label = f"{label} + {key[2]}"
+    if variant:  # a PEFT variant (PiSSA, DoRA, LoRA+ ...): rmlora.harness.labels.variant_name
+        label = f"{label} + {variant}"
     setting = runs[0].get("selected_setting")  # chosen on validation (rmlora.harness.selection)
     return f"{label} ({setting})" if setting else label
 
@@ -130,9 +130,9 @@ def _bold(text: str, on: bool) -> str:
 
 
 def _row_order(key: tuple) -> tuple:
-    method, rank = key[:2]
+    method, rank, variant = key
     order = METHODS.index(method) if method in METHODS else len(METHODS)
-    return (method != "full", rank if rank is not None else -1, order, method, key[2] or "" if len(key) > 2 else "")
+    return (method != "full", rank if rank is not None else -1, order, method, variant or "")
 
 
 def rows_of(records: Sequence[dict]) -> list[tuple[tuple, list[dict]]]:

@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from rmlora.errors import ConfigError, DataError
 from rmlora.harness.aggregate import group_by, higher_is_better, mean_std, metric_names
 from rmlora.harness.grid import setting_label
-from rmlora.harness.labels import VARIANT_FLAGS
 from rmlora.io.atomic import write_json
 from rmlora.io.run_files import read_json
+from rmlora.methods.lora import VARIANT_FLAGS
 
 # in a comparison's folder: {"select_on": "validation[:METRIC]", "chosen": [{"method", "rank", "setting", ...}]}
 SELECTION_NAME = "selection.json"

@@ -65,6 +65,10 @@ def normalized_init(value) -> bool | str:
     )
 
 
+# the flags of PEFT's LoRA variants (LoraArguments.variant): a row of their own in a report, not a setting to choose
+VARIANT_FLAGS = ("init_lora_weights", "use_dora", "use_rslora", "loraplus_lr_ratio")
+
+
 @dataclass
 class LoraArguments:
     """Where the adapter goes and its size (PEFT's LoraConfig fields, under run_glue-style names)."""
@@ -136,7 +140,8 @@ class LoraArguments:
         return str(self.init_lora_weights).startswith(BASE_REWRITING_INITS)
 
     def variant(self) -> dict:
-        """The PEFT variant flags that differ from plain LoRA ({} for plain LoRA), for records and row names."""
+        """The PEFT variant flags (VARIANT_FLAGS) that differ from plain LoRA ({} for plain LoRA), for records and
+        row names."""
         out = {}
         if self.init_lora_weights != "true":
             out["init_lora_weights"] = self.init_lora_weights
