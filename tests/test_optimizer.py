@@ -251,3 +251,12 @@ def test_baseline_methods_and_models_without_lora_are_refused():
     with pytest.raises(ConfigError, match="baseline"):
         create_rmlora_optimizer(peft_bert(r=4), rmlora_config=RMLoraConfig(method="sora"), lr=1e-2)
     assert issubclass(RMLoraOptimizer, torch.optim.Optimizer)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"weight_decay": 0.01}, {"loraplus_lr_ratio": 4.0}])
+def test_a_model_with_nothing_to_train_is_one_line_on_every_path(kwargs):
+    model = peft_bert(r=4)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ConfigError, match="the model has no trainable parameters: wrap it with peft.get_peft_model"):
+        create_rmlora_optimizer(model, torch.optim.AdamW, lr=1e-3, **kwargs)

@@ -178,11 +178,11 @@ def create_rmlora_optimizer(
         optimizer_kwargs: passed to `optimizer_cls` (`lr`, `betas`, ...). `weight_decay` applies, as in
             transformers' Trainer, to every parameter but biases and norms.
     """
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError("the model has no trainable parameters: wrap it with peft.get_peft_model first")
     if loraplus_lr_ratio is not None:
         if "lr" not in optimizer_kwargs:
             raise ConfigError("loraplus_lr_ratio needs lr (A's learning rate; B's is ratio × lr)")
-        if not any(p.requires_grad for p in model.parameters()):
-            raise ConfigError("the model has no trainable parameters: wrap it with peft.get_peft_model first")
         # PEFT's factory defaults loraplus_weight_decay to 0: keep the optimizer's own default, as without LoRA+
         default = inspect.signature(optimizer_cls).parameters.get("weight_decay")
         own = default.default if default is not None and default.default is not inspect.Parameter.empty else 0.0
@@ -195,7 +195,5 @@ def create_rmlora_optimizer(
         groups = _parameter_groups(model, optimizer_kwargs.pop("weight_decay"))
     else:  # the optimizer's own default weight decay, for every parameter
         groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
-    if not groups or not groups[0]["params"]:
-        raise ConfigError("the model has no trainable parameters: wrap it with peft.get_peft_model first")
     rmlora = RMLora(model, rmlora_config)
     return RMLoraOptimizer(optimizer_cls(groups, **optimizer_kwargs), rmlora)
