@@ -7,6 +7,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from helpers import FIXTURES, read_jsonl, run_train, save_vit, tmp_env
 from rmlora.errors import DataError
@@ -83,6 +84,12 @@ def test_head_placement_caches_features_and_its_adapter_fits_the_full_model(tmp_
     assert first["feature_cache"] == {"head": "classifier", "hits": {"train": False, "test": False}}
     assert second["feature_cache"]["hits"] == {"train": True, "test": True}
     assert second["metrics"]["test_accuracy"] == first["metrics"]["test_accuracy"]
+    # building the cache draws nothing from the seeded RNG: the run that computed the features trains the same
+    # adapter, bit for bit, as the run that read them (it did not: the extraction's DataLoader drew a base seed
+    # before LoRA's A was initialised)
+    a = load_file(str(tmp_path / "a" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert first["target_modules"] == "classifier"
     # LoRA on the 32 -> 3 classifier only: A is 4 x 32, B is 3 x 4
     assert first["param_counts"]["trainable"] == 4 * 32 + 3 * 4

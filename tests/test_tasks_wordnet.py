@@ -137,6 +137,14 @@ def test_text_head_features_are_the_pooled_output_and_the_cache_keys_on_length(t
 
     again, _, _ = _text_task(bert, tmp_path / "csv", tmp_path / "features")
     assert set(again.feature_cache_hits.values()) == {True}
+
+    # computing the features (a cache miss) leaves the global generator where it was, as a cache hit does: LoRA's
+    # initialisation, which follows, is then the same whichever run built the cache
+    torch.manual_seed(7)
+    expected = torch.rand(4)
+    torch.manual_seed(7)
+    _text_task(bert, tmp_path / "csv", tmp_path / "other-features")
+    torch.testing.assert_close(torch.rand(4), expected, rtol=0, atol=0)
     shorter, _, _ = _text_task(bert, tmp_path / "csv", tmp_path / "features", max_seq_length=4)
     assert set(shorter.feature_cache_hits.values()) == {False}  # another length: never the stale cache
     assert not torch.equal(shorter.eval_datasets["test"][:]["features"], features)

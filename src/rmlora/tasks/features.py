@@ -89,10 +89,14 @@ def extract_features(
     was_training = model.training
     model.eval().to(device)
     labels = []
+    # Iterating a DataLoader draws its base seed from the global CPU generator, and extraction runs only on a cache
+    # miss, between set_seed and LoRA's initialisation: without the fork, the run that builds the cache would
+    # initialise (and so train) differently from every run that reads it. Eval mode draws nothing else (no dropout).
     try:
-        for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collator):
-            labels.append(batch.pop("labels").cpu())
-            model(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
+        with torch.random.fork_rng(devices=[]):
+            for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collator):
+                labels.append(batch.pop("labels").cpu())
+                model(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
     finally:
         hook.remove()
         model.train(was_training)
