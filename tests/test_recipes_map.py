@@ -104,3 +104,19 @@ def test_a_map_folder_gets_its_report_and_figures(tmp_path):
     report = open(written["report"], encoding="utf-8").read()
     assert "## Wins, ties and losses against LoRA" in report
     assert (tmp_path / "figures" / "map-own.png").exists() and (tmp_path / "figures" / "map-drop-in.png").exists()
+
+
+def test_a_partly_run_map_says_what_has_not_run():
+    """While the map runs, a task with no finished run is one line, and a row without runs is not the baseline."""
+    raw = tomllib.loads(MAP)
+    raw["tasks"]["a_1000"] = {"extends": "a_10", "size": 1000, "label": "task a, 1000 per class"}
+    raw["rows"].append(
+        {"id": "x.dropin", "label": "X (drop-in at LoRA's lr, α)", "method": "rm-lora", "variant": "x",
+         "protocol": "drop-in", "rank": 4}
+    )  # fmt: skip
+    text, _ = map_tables(parse_recipe(raw), _records())
+    assert "### Not run yet (no finished final-stage run)\n\n- task a, 1000 per class" in text
+    assert "task a, 1000 per class: own validated settings" not in text
+    x_rows = [line for line in text.splitlines() if line.startswith("| X (drop-in")]
+    assert len(x_rows) == 2 and all("| 0 | — | — | not run yet |" in line for line in x_rows)
+    assert text.count("(baseline)") == 4  # LoRA's own row, in each task's two tables

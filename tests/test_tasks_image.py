@@ -195,3 +195,32 @@ def test_fashion_mnist_idx_with_lora_on_all_layers_and_resized_images(tmp_path, 
         n for n, mod in full.named_modules() if isinstance(mod, torch.nn.Linear) and n.startswith("vit.")
     ]
     assert sorted(m["target_modules"].split(",")) == sorted(backbone_linears)
+
+
+def test_imagefolder_files_load_as_datasets_own_folder_resolution(tmp_path, monkeypatch):
+    """The one-walk file list gives the dataset `load_dataset("imagefolder", data_dir=...)` gives: same splits (a
+    val/ folder is the validation split), labels, features and order; hidden files and metadata handled alike."""
+    import shutil
+
+    from datasets import load_dataset
+
+    from rmlora.tasks.image import imagefolder_files
+
+    tmp_env(monkeypatch, tmp_path)
+    root = tmp_path / "folder"
+    shutil.copytree(IMAGES, root)
+    shutil.copytree(root / "test", root / "val")  # datasets reads val/ as the validation split
+    first = sorted((root / "train").rglob("*.png"))[0]
+    shutil.copy(first, first.parent / ".hidden.png")
+    (root / "train" / "__skip").mkdir()
+    shutil.copy(first, root / "train" / "__skip" / "x.png")
+    (root / "test" / "notes.txt").write_text("not an image")
+
+    theirs = load_dataset("imagefolder", data_dir=str(root))
+    ours = load_dataset("imagefolder", data_files=imagefolder_files(str(root)))
+    assert set(ours) == set(theirs) == {"train", "validation", "test"}
+    for split in theirs:
+        assert ours[split].features == theirs[split].features
+        assert ours[split]["label"] == theirs[split]["label"]
+        names = [[im.filename for im in ds[split]["image"]] for ds in (ours, theirs)]
+        assert names[0] == names[1] and not any(".hidden" in n or "__skip" in n for n in names[0])

@@ -94,10 +94,16 @@ def cell_stats(recipe: Recipe, records: Sequence[dict], task: str, row: Row) -> 
         diff = t_interval([_metric(mine[s]) - _metric(theirs[s]) for s in mine if s in theirs])
     ranks = [(r.get("diagnostics") or {}).get("mean_effective_rank") for r in mine.values()]
     ranks = [x for x in ranks if x is not None]
+    if not mine:
+        state = "not run yet"
+    elif diff is None and base is not None and row.id == base.id:
+        state = "(baseline)"
+    else:
+        state = verdict(diff)
     return {
         "acc": acc,
         "diff": diff,
-        "verdict": verdict(diff) if diff is not None else "(baseline)",
+        "verdict": state,
         "eff_rank": sum(ranks) / len(ranks) if ranks else None,
         "seeds": len(mine),
     }
@@ -106,7 +112,11 @@ def cell_stats(recipe: Recipe, records: Sequence[dict], task: str, row: Row) -> 
 def map_tables(recipe: Recipe, records: Sequence[dict]) -> tuple[str, dict]:
     """The markdown of every (task, protocol) table and the win / tie / loss summary; and the stats for the figure."""
     parts, summary, figure = [], {}, {}
+    waiting = []
     for task in recipe.tasks.values():
+        if not any(r.get("recipe_task") == task.id for r in records):
+            waiting.append(task.label)
+            continue
         for protocol in ("own", "drop-in"):
             rows = [r for r in recipe.rows_of(task.id) if r.protocol == protocol or (r.variant or r.id) == BASELINE]
             if protocol == "drop-in" and len(rows) <= 1:
@@ -135,11 +145,14 @@ def map_tables(recipe: Recipe, records: Sequence[dict]) -> tuple[str, dict]:
                     ).append((float(task.size.value), s["acc"]))
             parts.append("")
     lines = ["| variant | protocol | wins | ties | losses |", "|---|---|---:|---:|---:|"]
-    labels = {(r.variant or r.id): r.label for r in recipe.rows if r.protocol == "own"}
+    labels = {(r.variant or r.id): r.label.split(" (drop-in")[0] for r in recipe.rows if r.protocol != "own"}
+    labels.update({(r.variant or r.id): r.label for r in recipe.rows if r.protocol == "own"})
     for (variant, protocol), counts in sorted(summary.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         lines.append(
             f"| {labels.get(variant, variant)} | {protocol} | {counts['win']} | {counts['tie']} | {counts['loss']} |"
         )
+    if waiting:
+        parts += ["### Not run yet (no finished final-stage run)", "", *[f"- {label}" for label in waiting], ""]
     return "\n".join(["## Wins, ties and losses against LoRA (paired 95 % CI)", "", *lines, "", *parts]), figure
 
 

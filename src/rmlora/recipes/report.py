@@ -237,7 +237,10 @@ def write_recipe_report(output_dir: str) -> dict:
     if recipe.scale == "smoke":
         parts += [SMOKE_WARNING, ""]
     done = len(records)
-    parts += [f"{done} finished runs. Cells: ours ± sample std over seeds (paper; Δ ours − paper).", ""]
+    if recipe.layout == "map":  # no paper numbers: the tables say what their cells hold
+        parts += [f"{done} finished runs.", ""]
+    else:
+        parts += [f"{done} finished runs. Cells: ours ± sample std over seeds (paper; Δ ours − paper).", ""]
     figures: list[str] = []
     if recipe.layout in ("glue", "qa", "table5"):
         table, points = paper_table(recipe, records)
