@@ -28,6 +28,10 @@ label = "task a, 10 per class"
 extends = "a_10"
 size = 100
 label = "task a, 100 per class"
+[tasks.a_20]
+extends = "a_10"
+size = 20
+label = "task a, 20 per class (not run)"
 [[rows]]
 id = "lora"
 label = "LoRA"
@@ -115,8 +119,22 @@ def test_a_partly_run_map_says_what_has_not_run():
          "protocol": "drop-in", "rank": 4}
     )  # fmt: skip
     text, _ = map_tables(parse_recipe(raw), _records())
-    assert "### Not run yet (no finished final-stage run)\n\n- task a, 1000 per class" in text
+    waiting = "### Not run yet (no finished final-stage run)\n\n- task a, 20 per class (not run)\n- task a, 1000 per class"
+    assert waiting in text
     assert "task a, 1000 per class: own validated settings" not in text
     x_rows = [line for line in text.splitlines() if line.startswith("| X (drop-in")]
     assert len(x_rows) == 2 and all("| 0 | — | — | not run yet |" in line for line in x_rows)
     assert text.count("(baseline)") == 4  # LoRA's own row, in each task's two tables
+
+
+def test_the_map_matrix_puts_each_variant_against_lora_per_task_size():
+    recipe = parse_recipe(tomllib.loads(MAP))
+    text, _ = map_tables(recipe, _records())
+    lines = text.splitlines()
+    own = lines.index("### The map, own validated settings (points against LoRA, paired 95 % CI; ▲ win, ▼ loss)")
+    assert lines[own + 2] == "| variant | a 10 | a 100 |"  # sizes as numbers; a_20 has no run
+    assert lines[own + 4] == "| LoRA | 70.0 ± 2.0 % | 70.0 ± 2.0 % |"  # LoRA's own accuracy, t-interval on 5 seeds
+    # +3 points on every seed: a zero-width interval that excludes 0; on a_100 a tie within a jitter of 0.1 point
+    assert lines[own + 5].startswith("| RM-LoRA | +3.0 ± 0.0 ▲ | +0.0 ± 0.1 |")
+    drop = next(i for i, line in enumerate(lines) if line.startswith("### The map, drop-in at LoRA's validated lr"))
+    assert lines[drop + 5] == "| RM-LoRA | -5.0 ± 0.0 ▼ | -5.0 ± 0.0 ▼ |"

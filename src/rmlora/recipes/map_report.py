@@ -79,6 +79,16 @@ def _fmt(iv: Interval | None, scale: float = 100.0, signed: bool = False) -> str
     return text if math.isnan(iv.low) else f"{text} ± {iv.half * scale:.1f}"
 
 
+def ordered_tasks(recipe: Recipe) -> list:
+    """Tasks by panel, then by training-set size as a number (wordnet_50 before wordnet_200)."""
+
+    def key(task):
+        size = task.size.value if task.size is not None else None
+        return (task.panel or task.id, float(size) if isinstance(size, (int, float)) else math.inf, task.id)
+
+    return sorted(recipe.tasks.values(), key=key)
+
+
 def _baseline_row(recipe: Recipe) -> Row | None:
     return next((r for r in recipe.rows if (r.variant or r.id) == BASELINE and r.protocol == "own"), None)
 
@@ -113,7 +123,7 @@ def map_tables(recipe: Recipe, records: Sequence[dict]) -> tuple[str, dict]:
     """The markdown of every (task, protocol) table and the win / tie / loss summary; and the stats for the figure."""
     parts, summary, figure = [], {}, {}
     waiting = []
-    for task in recipe.tasks.values():
+    for task in ordered_tasks(recipe):
         if not any(r.get("recipe_task") == task.id for r in records):
             waiting.append(task.label)
             continue
@@ -153,7 +163,45 @@ def map_tables(recipe: Recipe, records: Sequence[dict]) -> tuple[str, dict]:
         )
     if waiting:
         parts += ["### Not run yet (no finished final-stage run)", "", *[f"- {label}" for label in waiting], ""]
-    return "\n".join(["## Wins, ties and losses against LoRA (paired 95 % CI)", "", *lines, "", *parts]), figure
+    matrix = map_matrix(recipe, records)
+    head = ["## Wins, ties and losses against LoRA (paired 95 % CI)", "", *lines, ""]
+    return "\n".join([*head, matrix, *parts] if matrix else [*head, *parts]), figure
+
+
+MARKS = {"win": "▲", "loss": "▼", "tie": ""}
+
+
+def map_matrix(recipe: Recipe, records: Sequence[dict]) -> str:
+    """The map at a glance, per protocol: a row per variant, a column per task and size that has run, each cell the
+    paired difference to LoRA in points with its 95 % half-width, ▲ a win and ▼ a loss; LoRA's row is its accuracy."""
+    tasks = [t for t in ordered_tasks(recipe) if any(r.get("recipe_task") == t.id for r in records)]
+    if not tasks:
+        return ""
+    heads = [f"{t.panel or t.id} {t.size.value}" if t.size is not None else t.id for t in tasks]
+    parts = []
+    for protocol in ("own", "drop-in"):
+        rows = [r for r in recipe.rows if r.protocol == protocol or (r.variant or r.id) == BASELINE]
+        if protocol == "drop-in" and len(rows) <= 1:
+            continue
+        title = "own validated settings" if protocol == "own" else "drop-in at LoRA's validated lr and α"
+        parts += [f"### The map, {title} (points against LoRA, paired 95 % CI; ▲ win, ▼ loss)", ""]
+        parts += ["| variant | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(tasks)]
+        for row in rows:
+            cells = []
+            for task in tasks:
+                if row not in recipe.rows_of(task.id):
+                    cells.append("n/a")
+                    continue
+                st = cell_stats(recipe, records, task.id, row)
+                if st["verdict"] == "(baseline)":
+                    cells.append(f"{_fmt(st['acc'])} %")
+                elif st["diff"] is None or st["verdict"] == "not run yet":
+                    cells.append("—")
+                else:
+                    cells.append(f"{_fmt(st['diff'], signed=True)} {MARKS.get(st['verdict'], '')}".strip())
+            parts.append(f"| {row.label.split(' (drop-in')[0]} | " + " | ".join(cells) + " |")
+        parts.append("")
+    return "\n".join(parts)
 
 
 def _chosen_text(records: Sequence[dict], task: str, row: str) -> str:
