@@ -57,7 +57,7 @@ def main(folder: str) -> None:
         print(f"| {task.id} | {statistics.fmean(lora.values()) * 100:.1f} ({std * 100:.1f}) | {' | '.join(cells)} |")
 
     print("\nChoices on an edge of the learning-rate grid (the grid does not bracket the best rate):")
-    grids = {t.id: [float(x) for x in t.tune["learning_rate"].value] for t in recipe.tasks.values()}
+    grids = {t.id: [float(x) for x in t.tune["learning_rate"].value] for t in recipe.tasks.values() if t.tune}
     seen = set()
     for r in everything:
         chosen = r.get("chosen") or {}
