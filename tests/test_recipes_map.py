@@ -95,10 +95,13 @@ def test_map_tables_pair_every_variant_with_lora_and_count_wins_ties_losses():
     assert "| RM-LoRA | own | 1 | 1 | 0 |" in text  # a win on a_10, a tie on a_100
     assert "| RM-LoRA | drop-in | 0 | 0 | 2 |" in text  # 5 points below on both
     assert "drop-in swap at LoRA's validated lr" in text
-    # the figure's points: accuracy per size, per variant, per protocol
+    # the figure's points: (size, accuracy, paired difference to LoRA) per variant, per protocol
     own = figure[("own", "a")]
-    assert sorted(x for x, _ in own["RM-LoRA"]) == [10.0, 100.0]
-    assert math.isclose(dict(own["LoRA"])[10.0].mean, 0.70)
+    assert sorted(x for x, _, _ in own["RM-LoRA"]) == [10.0, 100.0]
+    lora_10 = next(p for p in own["LoRA"] if p[0] == 10.0)
+    assert math.isclose(lora_10[1].mean, 0.70) and lora_10[2] is None  # LoRA is not paired with itself
+    rm_10 = next(p for p in own["RM-LoRA"] if p[0] == 10.0)
+    assert math.isclose(rm_10[2].mean, 0.03)
 
 
 def test_a_map_folder_gets_its_report_and_figures(tmp_path):

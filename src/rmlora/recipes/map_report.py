@@ -152,7 +152,7 @@ def map_tables(recipe: Recipe, records: Sequence[dict]) -> tuple[str, dict]:
                 if task.panel and task.size is not None and s["acc"] is not None:
                     figure.setdefault((protocol, task.panel), {}).setdefault(
                         row.label.split(" (drop-in")[0], []
-                    ).append((float(task.size.value), s["acc"]))
+                    ).append((float(task.size.value), s["acc"], s["diff"]))
             parts.append("")
     lines = ["| variant | protocol | wins | ties | losses |", "|---|---|---:|---:|---:|"]
     labels = {(r.variant or r.id): r.label.split(" (drop-in")[0] for r in recipe.rows if r.protocol != "own"}
@@ -212,30 +212,51 @@ def _chosen_text(records: Sequence[dict], task: str, row: str) -> str:
     return ", ".join(f"{k}={v}" for k, v in (mine[0].get("chosen") or {}).items())
 
 
+def _band(ax, points, which: int, label: str, emphasis: bool):
+    """A line through the means and a band over the 95 % intervals of `points` (size, acc, diff), in points."""
+    points = sorted((p for p in points if p[which] is not None), key=lambda p: p[0])
+    if not points:
+        return
+    x = [p[0] for p in points]
+    iv = [p[which] for p in points]
+    y = [v.mean * 100 for v in iv]
+    low = [(v.low if not math.isnan(v.low) else v.mean) * 100 for v in iv]
+    high = [(v.high if not math.isnan(v.high) else v.mean) * 100 for v in iv]
+    (line,) = ax.plot(x, y, marker="o", ms=3, lw=1.8 if emphasis else 1.0, label=label)
+    ax.fill_between(x, low, high, color=line.get_color(), alpha=0.12)
+
+
 def map_figure(figure: dict, protocol: str) -> Figure | None:
+    """Top row: test accuracy against training examples per class; bottom row: the paired difference to LoRA (zero
+    line dashed), where the variants' gaps are visible. A panel per task, a line and 95 % band per variant."""
     panels = sorted({panel for (p, panel) in figure if p == protocol})
     if not panels:
         return None
-    fig = Figure(figsize=(5.0 * len(panels), 4.2))
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, panel in zip(axes, panels):
+    fig = Figure(figsize=(5.0 * len(panels), 7.6))
+    axes = fig.subplots(2, len(panels), squeeze=False)
+    for column, panel in enumerate(panels):
         series = figure[(protocol, panel)]
         if protocol == "drop-in" and ("own", panel) in figure:  # LoRA, the reference line, comes from "own"
             series = {**{k: v for k, v in figure[("own", panel)].items() if k == "LoRA"}, **series}
+        top, bottom = axes[0][column], axes[1][column]
         for label, points in series.items():
-            points = sorted(points, key=lambda p: p[0])
-            x = [p[0] for p in points]
-            y = [p[1].mean * 100 for p in points]
-            low = [(p[1].low if not math.isnan(p[1].low) else p[1].mean) * 100 for p in points]
-            high = [(p[1].high if not math.isnan(p[1].high) else p[1].mean) * 100 for p in points]
-            (line,) = ax.plot(x, y, marker="o", ms=3, lw=1.5 if label == "LoRA" else 1.0, label=label)
-            ax.fill_between(x, low, high, color=line.get_color(), alpha=0.12)
-        ax.set_xscale("log")
-        ax.set_xlabel("training examples per class")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(panel)
-        ax.grid(alpha=0.3)
-    axes[-1].legend(fontsize=7, loc="lower right")
+            _band(top, points, 1, label, label == "LoRA")
+            if label == "LoRA":
+                bottom.plot([], [])  # keep each variant's colour the same in both rows
+            else:
+                _band(bottom, points, 2, label, False)
+        bottom.axhline(0.0, color="black", lw=0.8, ls="--")
+        sizes = sorted({p[0] for points in series.values() for p in points})
+        for ax in (top, bottom):
+            ax.set_xscale("log")
+            ax.set_xticks(sizes, [f"{s:g}" for s in sizes])
+            ax.minorticks_off()
+            ax.grid(alpha=0.3)
+        top.set_title(panel)
+        top.set_ylabel("test accuracy (%)")
+        bottom.set_ylabel("− LoRA, paired (points)")
+        bottom.set_xlabel("training examples per class")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
     what = "each variant at its own validated settings" if protocol == "own" else "drop-in at LoRA's lr and α"
     fig.suptitle(f"Accuracy against training-set size, {what} (mean, 95 % CI over seeds)", fontsize=10)
     fig.tight_layout()
